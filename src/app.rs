@@ -1,0 +1,201 @@
+//! Runs the pipeline: settings → locations → lock → scan → plan → apply → report.
+
+use crate::apply;
+use crate::cli::{self, Mode, MissingPolicy, Output, Settings};
+use crate::config::{self, Location};
+use crate::error::{Error, Result};
+use crate::exit::Exit;
+use crate::fsx::DirFd;
+use crate::lock;
+use crate::plan::{self, Request};
+use crate::report::Report;
+use crate::scan;
+use crate::trash::{self, Deleted, Trash};
+use std::ffi::OsString;
+use std::time::SystemTime;
+
+/// The name of regclean's state directory under the storage root (lock and trash).
+pub const STATE_DIR: &str = ".regclean";
+
+/// Parses `args`, runs, prints, and returns the process exit code.
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let settings = match cli::parse(args) {
+        Ok(s) => s,
+        Err(code) => return code.code(),
+    };
+    init_logging(settings.log_filter);
+    match run(&settings) {
+        Ok(report) => {
+            match settings.output {
+                Output::Json => println!("{}", report.to_json()),
+                Output::Human => print!("{}", report.to_text()),
+            }
+            report.exit_code
+        }
+        Err(e) => {
+            eprintln!("regclean: {e}");
+            if settings.output == Output::Json {
+                let j = serde_json::json!({ "error": e.to_string(), "exit_code": e.exit().code() });
+                println!("{j}");
+            }
+            e.exit().code()
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("regclean={default}")));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Resolves the config and root as the registry would.
+pub fn locate(settings: &Settings) -> Result<Location> {
+    let cfg = config::find_config(settings.config.as_deref(), &config::DEFAULT_CONFIGS)?;
+    let env_storage = std::env::var("REGISTRY_STORAGE").ok();
+    config::locate(settings.root.clone(), cfg, env_storage.as_deref())
+}
+
+/// The opened store.
+pub struct Store {
+    /// The storage root.
+    pub root: DirFd,
+    /// `<root>/docker/registry/v2`.
+    pub v2: DirFd,
+}
+
+/// Opens the store, with a clear message when `loc.root` is not one.
+pub fn open_store(loc: &Location) -> Result<Store> {
+    let root_path = &loc.root;
+    let from = match loc.root_source {
+        config::RootSource::Explicit => "from --root/REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(),
+        config::RootSource::Config => format!(
+            "from storage.filesystem.rootdirectory in {}",
+            loc.config.as_ref().map(|c| c.path.display().to_string()).unwrap_or_default()
+        ),
+        config::RootSource::Default => "the default; set --root".to_string(),
+    };
+    let root = DirFd::open(root_path).map_err(|e| match e {
+        Error::Io { source, .. } => Error::Usage(format!("storage root {} ({from}): {source}", root_path.display())),
+        e => e,
+    })?;
+    let not_store = |what: String| {
+        Error::Usage(format!(
+            "{} ({from}) is not a registry storage root: {what}",
+            root_path.display()
+        ))
+    };
+    let v2 = (|| root.sub("docker")?.sub("registry")?.sub("v2"))().map_err(|e| match e {
+        Error::Io { source, path, .. } => match source.raw_os_error() {
+            Some(c) if c == nix::errno::Errno::ENOENT as i32 => not_store("it has no docker/registry/v2 directory".into()),
+            Some(c) if c == nix::errno::Errno::ELOOP as i32 || c == nix::errno::Errno::ENOTDIR as i32 => {
+                not_store(format!("{} is a symlink or not a directory", path.display()))
+            }
+            _ => Error::Io { op: "opening", path, source },
+        },
+        e => e,
+    })?;
+    Ok(Store { root, v2 })
+}
+
+/// Runs the pipeline and returns the report (also for a dry run).
+pub fn run(settings: &Settings) -> Result<Report> {
+    let loc = locate(settings)?;
+    let store = open_store(&loc)?;
+    tracing::info!("storage root {}", loc.root.display());
+
+    // The state directory holds the lock and the trash; creating it (and the lock file) is the
+    // only write a dry run makes, and a dry run on a read-only store goes on without it.
+    let state = match store.root.ensure_sub(STATE_DIR) {
+        Ok(s) => Some(s),
+        Err(e) if settings.mode == Mode::DryRun => {
+            tracing::warn!("dry run without lock: {e}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let _lock = match &state {
+        Some(s) => match lock::acquire(s, settings.wait) {
+            Ok(l) => Some(l),
+            Err(e @ Error::Unsafe(_)) => return Err(e),
+            Err(e) if settings.mode == Mode::DryRun => {
+                tracing::warn!("dry run without lock: {e}");
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let leftover = match &state {
+        Some(s) => trash::leftover_runs(s)?,
+        None => 0,
+    };
+    let repos_dir = store.v2.sub_opt("repositories")?;
+    let mut deleted = Deleted::default();
+    let trash = match (settings.mode, &state, &repos_dir) {
+        (Mode::Apply, Some(s), Some(r)) => {
+            let t = Trash::create(s, r)?;
+            if leftover > 0 {
+                tracing::warn!("emptying trash left by {leftover} interrupted run(s)");
+            }
+            deleted = t.empty();
+            Some(t)
+        }
+        _ => None,
+    };
+
+    let inv = scan::scan(&store.v2)?;
+    for o in &inv.oddities {
+        tracing::info!("odd entry {} ({:?}): {}", o.path, o.kind, o.detail);
+    }
+    let request = Request { targets: settings.targets.clone() };
+    let plan = plan::plan(&inv, &request, SystemTime::now());
+
+    let outcomes = match (&trash, &repos_dir) {
+        (Some(t), Some(r)) => {
+            let o = apply::apply(r, t, &plan.removals);
+            let d = t.empty();
+            deleted = merge(deleted, d);
+            o
+        }
+        _ => plan
+            .removals
+            .iter()
+            .map(|r| apply::Outcome { removal: r.clone(), error: None })
+            .collect(),
+    };
+    for m in &plan.missing {
+        tracing::error!("missing target {}: {}", m.target, m.reason);
+    }
+    let mut report = Report {
+        root: loc.root.display().to_string(),
+        root_source: loc.root_source,
+        config: loc.config.as_ref().map(|c| c.path.display().to_string()),
+        dry_run: settings.mode == Mode::DryRun,
+        removals: outcomes,
+        missing: plan.missing,
+        unmatched: plan.unmatched,
+        leftover_trash_runs: leftover,
+        deleted,
+        oddities: inv.oddities,
+        exit_code: 0,
+    };
+    report.exit_code = report.exit(settings.missing == MissingPolicy::Fail).code();
+    Ok(report)
+}
+
+fn merge(mut a: Deleted, b: Deleted) -> Deleted {
+    a.files += b.files;
+    a.dirs += b.dirs;
+    a.bytes += b.bytes;
+    a.errors.extend(b.errors);
+    a
+}
+
+/// Re-exported so tests can name the exit enum from here.
+pub type ExitCode = Exit;

@@ -1,0 +1,95 @@
+//! Carries out a plan's removals through the trash (see [`crate::trash`] for why a rename).
+//!
+//! Order within a repository removal: `_manifests` first (its tags vanish at once: nothing can
+//! be pulled any more), then `_uploads`, then `_layers` (2.8's marker). Interrupted between
+//! these steps, the repository has `_layers` but no `_manifests`: the registry's GC skips it
+//! cleanly and the next `regclean REPO` finishes the job. The reverse order would leave
+//! `_manifests` without `_layers`: a repository invisible to 2.8's GC whose blobs get swept.
+//! The three are renamed one by one — never the repository directory itself — because a child
+//! repository (`team/app/api` under `team/app`) may be created between a check and a rename;
+//! the directory goes afterwards only through `rmdir`, which the kernel refuses when not empty.
+
+use crate::error::{Error, Result};
+use crate::fsx::DirFd;
+use crate::plan::{Removal, What};
+use crate::trash::Trash;
+
+/// What happened to one removal.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// The planned removal.
+    #[serde(flatten)]
+    pub removal: Removal,
+    /// `None` when done; the error otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The parts of a repository that a repository removal takes, in this order.
+pub const REPO_PARTS: [&str; 3] = ["_manifests", "_uploads", "_layers"];
+
+/// Opens `repositories/<name>` one component at a time, never following a symlink.
+pub fn open_repo(repos: &DirFd, name: &str) -> Result<DirFd> {
+    let mut parts = name.split('/');
+    let first = parts.next().unwrap_or_default();
+    let mut d = repos.sub(first)?;
+    for p in parts {
+        d = d.sub(p)?;
+    }
+    Ok(d)
+}
+
+/// Carries out every removal (in plan order); each failure is recorded and the rest go on.
+pub fn apply(repos: &DirFd, trash: &Trash, removals: &[Removal]) -> Vec<Outcome> {
+    removals
+        .iter()
+        .map(|r| Outcome {
+            removal: r.clone(),
+            error: apply_one(repos, trash, r).err().map(|e| e.to_string()),
+        })
+        .collect()
+}
+
+fn apply_one(repos: &DirFd, trash: &Trash, r: &Removal) -> Result<()> {
+    let repo = open_repo(repos, &r.repo)?;
+    match &r.what {
+        What::Tag { name, .. } => {
+            let tags = repo.sub("_manifests")?.sub("tags")?;
+            trash.take(&tags, name, "tag")?;
+            tracing::info!("removed tag {}:{name}", r.repo);
+        }
+        What::Repository { .. } => {
+            for part in REPO_PARTS {
+                match trash.take(&repo, part, &part[1..]) {
+                    Ok(()) => {}
+                    Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            drop(repo);
+            remove_empty_dirs(repos, &r.repo)?;
+            tracing::info!("removed repository {}", r.repo);
+        }
+    }
+    Ok(())
+}
+
+/// Removes `repositories/<name>` and then its parents while they are empty. `rmdir` is atomic
+/// and refuses a non-empty directory, so a nested repository is never at risk.
+fn remove_empty_dirs(repos: &DirFd, name: &str) -> Result<()> {
+    let mut name = name;
+    loop {
+        let (parent, last) = match name.rsplit_once('/') {
+            Some((p, l)) => (Some(p), l),
+            None => (None, name),
+        };
+        let removed = match parent {
+            Some(p) => open_repo(repos, p)?.rmdir_if_empty(last)?,
+            None => repos.rmdir_if_empty(last)?,
+        };
+        match (removed, parent) {
+            (true, Some(p)) => name = p,
+            _ => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The command line in two stages, as ripgrep does: [`Args`] is what the user typed (clap
+//! derive), [`Settings`] is what the pipeline receives — validated, with modes as enums.
+
+use crate::exit::Exit;
+use crate::lock::WaitMode;
+use crate::target::Target;
+use clap::Parser;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+TARGETS:
+  REPO          remove the repository's _manifests, _layers and _uploads; nested repositories
+                (REPO/child) stay, the directory goes only if it ends up empty
+  REPO:TAG      remove one tag (_manifests/tags/TAG); never tags/ itself, never the repository
+  Patterns      '*' and '?' within one name component or in the tag, '**' for any depth:
+                'app:pr-*'  'team/*'  'team/**'  '**/cache:tmp-*'  (quote them for the shell)
+
+EXIT CODES:
+  0  done (or nothing to do)
+  1  something failed, or a named target did not exist (see --ignore-missing)
+  2  invalid usage or input; nothing was changed
+  3  refused as unsafe; nothing was changed (lock held, non-filesystem storage driver, ...)
+
+ENVIRONMENT:
+  REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY  storage root (as for the registry; --root wins)
+  REGISTRY_CONFIGURATION_PATH                registry config file (--config wins)
+  REGISTRY_STORAGE                           storage driver override (as for the registry)
+  RUST_LOG                                   log filter (e.g. regclean=debug)";
+
+/// What the user typed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "regclean",
+    version,
+    about = "Safely remove tags and repositories from a Distribution registry's filesystem store",
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Repositories (REPO) and tags (REPO:TAG) to remove; patterns allowed.
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<String>,
+
+    /// Print the plan and change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+
+    /// Storage root (the directory holding docker/registry/v2).
+    /// [default: the registry config's storage.filesystem.rootdirectory, else /var/lib/registry]
+    #[arg(long, value_name = "DIR", env = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")]
+    pub root: Option<PathBuf>,
+
+    /// Registry config file.
+    /// [default: /etc/docker/registry/config.yml, else /etc/distribution/config.yml]
+    #[arg(long, value_name = "FILE", env = "REGISTRY_CONFIGURATION_PATH")]
+    pub config: Option<PathBuf>,
+
+    /// A named target that does not exist is not an error (exit 0): for idempotent scripts.
+    #[arg(long)]
+    pub ignore_missing: bool,
+
+    /// Wait for another regclean on the same store to finish instead of refusing (exit 3).
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Print one JSON report on stdout instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+
+    /// More logs on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// Whether to change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plan and report only.
+    DryRun,
+    /// Plan and carry out.
+    Apply,
+}
+
+/// What a named target that does not exist means for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingPolicy {
+    /// Exit 1 (the default: a typo must not look like success).
+    Fail,
+    /// Exit 0 (`--ignore-missing`).
+    Ignore,
+}
+
+/// How the report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Readable text.
+    Human,
+    /// One JSON object.
+    Json,
+}
+
+/// The resolved settings the pipeline runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Validated targets.
+    pub targets: Vec<Target>,
+    /// Dry run or not.
+    pub mode: Mode,
+    /// `--root` / `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`.
+    pub root: Option<PathBuf>,
+    /// `--config` / `REGISTRY_CONFIGURATION_PATH`.
+    pub config: Option<PathBuf>,
+    /// `--ignore-missing`.
+    pub missing: MissingPolicy,
+    /// `--wait`.
+    pub wait: WaitMode,
+    /// `--json`.
+    pub output: Output,
+    /// Default log filter (`RUST_LOG` overrides it).
+    pub log_filter: &'static str,
+}
+
+/// Parses the command line. On `--help`/`--version` or a usage error, prints and returns the
+/// exit code instead.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Settings, Exit> {
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return Err(if e.use_stderr() { Exit::Usage } else { Exit::Done });
+        }
+    };
+    resolve(args).map_err(|errors| {
+        for e in errors {
+            eprintln!("regclean: {e}");
+        }
+        Exit::Usage
+    })
+}
+
+/// Turns typed arguments into settings; every problem is one line.
+pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut targets = Vec::new();
+    for t in &args.targets {
+        match Target::parse(t) {
+            Ok(x) => targets.push(x),
+            Err(why) => errors.push(format!("invalid target '{t}': {why}")),
+        }
+    }
+    if args.targets.is_empty() {
+        errors.push("nothing to do: name at least one TARGET (REPO or REPO:TAG); see --help".into());
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Settings {
+        targets,
+        mode: if args.dry_run { Mode::DryRun } else { Mode::Apply },
+        root: args.root,
+        config: args.config,
+        missing: if args.ignore_missing { MissingPolicy::Ignore } else { MissingPolicy::Fail },
+        wait: if args.wait { WaitMode::Wait } else { WaitMode::NoWait },
+        output: if args.json { Output::Json } else { Output::Human },
+        log_filter: match (args.quiet, args.verbose) {
+            (true, _) => "error",
+            (false, 0) => "warn",
+            (false, 1) => "info",
+            (false, _) => "debug",
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("regclean").chain(a.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn every_invalid_target_is_reported() {
+        let e = resolve(args(&["good:v1", "Bad/Name", "x:.t"])).unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert!(e[0].contains("'Bad/Name'"), "{}", e[0]);
+        assert!(e[1].contains("'x:.t'"), "{}", e[1]);
+    }
+
+    #[test]
+    fn no_target_is_a_usage_error() {
+        assert!(resolve(args(&[])).is_err());
+    }
+
+    #[test]
+    fn flags_become_modes() {
+        let s = resolve(args(&["-n", "--json", "--wait", "--ignore-missing", "app"])).unwrap();
+        assert_eq!(s.mode, Mode::DryRun);
+        assert_eq!(s.output, Output::Json);
+        assert_eq!(s.wait, WaitMode::Wait);
+        assert_eq!(s.missing, MissingPolicy::Ignore);
+    }
+}

@@ -1,0 +1,223 @@
+//! Where the store is: the registry's config file and storage root, resolved in the registry's
+//! own order, so that regclean cleans exactly the directory the registry serves.
+//!
+//! Root: `--root`, else `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`, else the config's
+//! `storage.filesystem.rootdirectory`, else `/var/lib/registry`.
+//! Config: `--config`, else `REGISTRY_CONFIGURATION_PATH`, else `/etc/docker/registry/config.yml`
+//! (registry:2), else `/etc/distribution/config.yml` (registry:3). A config named explicitly must
+//! exist; the default locations are optional.
+
+use crate::error::{Error, Result};
+use serde_yaml_ng::Value;
+use std::path::{Path, PathBuf};
+
+/// The registry's default root when nothing else names one.
+pub const DEFAULT_ROOT: &str = "/var/lib/registry";
+/// Config locations tried when none is named (registry:2, then registry:3).
+pub const DEFAULT_CONFIGS: [&str; 2] = ["/etc/docker/registry/config.yml", "/etc/distribution/config.yml"];
+
+/// Keys of `storage:` that are settings, not a driver.
+const STORAGE_SETTINGS: [&str; 5] = ["maintenance", "cache", "delete", "redirect", "tag"];
+
+/// Where the storage root came from (reported, because "which store did it clean?" is the
+/// first question after a surprise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootSource {
+    /// `--root` or `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`.
+    Explicit,
+    /// `storage.filesystem.rootdirectory` in the config.
+    Config,
+    /// `/var/lib/registry`.
+    Default,
+}
+
+/// The registry configuration, as far as regclean needs it.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Its parsed YAML.
+    pub yaml: Value,
+}
+
+/// The resolved locations.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The storage root (the directory holding `docker/registry/v2`).
+    pub root: PathBuf,
+    /// Where `root` came from.
+    pub root_source: RootSource,
+    /// The config file, if one was found.
+    pub config: Option<RegistryConfig>,
+}
+
+/// Reads and parses a registry config file.
+pub fn read_config(path: &Path) -> Result<RegistryConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading registry config", path, e))?;
+    let yaml: Value = serde_yaml_ng::from_str(&text)
+        .map_err(|e| Error::Usage(format!("registry config {}: invalid YAML: {e}", path.display())))?;
+    Ok(RegistryConfig {
+        path: path.to_path_buf(),
+        yaml,
+    })
+}
+
+/// Finds the config: `explicit` (from `--config` or `REGISTRY_CONFIGURATION_PATH`) must exist;
+/// otherwise the first of `defaults` that exists, or none.
+pub fn find_config(explicit: Option<&Path>, defaults: &[&str]) -> Result<Option<RegistryConfig>> {
+    if let Some(p) = explicit {
+        if !p.exists() {
+            return Err(Error::Usage(format!("registry config {}: no such file", p.display())));
+        }
+        return read_config(p).map(Some);
+    }
+    for d in defaults {
+        let p = Path::new(d);
+        if p.is_file() {
+            return read_config(p).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn get<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(v, |v, k| v.as_mapping()?.get(*k))
+}
+
+/// The storage driver the registry would use: `REGISTRY_STORAGE` if set, else the one
+/// driver key under `storage:`; `None` when no config names one (the filesystem is assumed).
+pub fn storage_driver(config: Option<&RegistryConfig>, env_storage: Option<&str>) -> Result<Option<String>> {
+    if let Some(e) = env_storage.filter(|s| !s.trim().is_empty()) {
+        return Ok(Some(e.trim().to_string()));
+    }
+    let Some(cfg) = config else { return Ok(None) };
+    let Some(storage) = get(&cfg.yaml, &["storage"]).and_then(Value::as_mapping) else {
+        return Ok(None);
+    };
+    let drivers: Vec<String> = storage
+        .keys()
+        .filter_map(|k| k.as_str())
+        .filter(|k| !STORAGE_SETTINGS.contains(k))
+        .map(str::to_string)
+        .collect();
+    match drivers.len() {
+        0 => Ok(None),
+        1 => Ok(Some(drivers[0].clone())),
+        _ => Err(Error::Usage(format!(
+            "registry config {}: more than one storage driver ({}); the registry refuses that too",
+            cfg.path.display(),
+            drivers.join(", ")
+        ))),
+    }
+}
+
+/// Resolves the storage root. `explicit_root` is `--root` or
+/// `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`; `env_storage` is `REGISTRY_STORAGE`.
+/// Refuses (exit 3) a driver other than `filesystem`: such a registry has no local tree, and
+/// cleaning a stale directory would report success while freeing nothing.
+pub fn locate(explicit_root: Option<PathBuf>, config: Option<RegistryConfig>, env_storage: Option<&str>) -> Result<Location> {
+    if let Some(d) = storage_driver(config.as_ref(), env_storage)? {
+        if d != "filesystem" {
+            let from = match (&config, env_storage.filter(|s| !s.trim().is_empty())) {
+                (_, Some(_)) => "REGISTRY_STORAGE".to_string(),
+                (Some(c), None) => c.path.display().to_string(),
+                (None, None) => "the configuration".to_string(),
+            };
+            return Err(Error::Unsafe(format!(
+                "storage driver '{d}' (from {from}) is not 'filesystem': regclean cleans only a local filesystem store"
+            )));
+        }
+    }
+    if let Some(r) = explicit_root.filter(|r| !r.as_os_str().is_empty()) {
+        return Ok(Location { root: r, root_source: RootSource::Explicit, config });
+    }
+    if let Some(r) = config
+        .as_ref()
+        .and_then(|c| get(&c.yaml, &["storage", "filesystem", "rootdirectory"]))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        let root = PathBuf::from(r);
+        return Ok(Location { root, root_source: RootSource::Config, config });
+    }
+    Ok(Location {
+        root: PathBuf::from(DEFAULT_ROOT),
+        root_source: RootSource::Default,
+        config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> RegistryConfig {
+        RegistryConfig {
+            path: PathBuf::from("/etc/docker/registry/config.yml"),
+            yaml: serde_yaml_ng::from_str(text).unwrap(),
+        }
+    }
+
+    const FS: &str = "version: 0.1\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: /data/reg\n  delete:\n    enabled: true\n";
+
+    #[test]
+    fn explicit_root_wins_over_config() {
+        let l = locate(Some("/x".into()), Some(cfg(FS)), None).unwrap();
+        assert_eq!(l.root, PathBuf::from("/x"));
+        assert_eq!(l.root_source, RootSource::Explicit);
+    }
+
+    #[test]
+    fn config_root_is_used_when_nothing_explicit() {
+        let l = locate(None, Some(cfg(FS)), None).unwrap();
+        assert_eq!(l.root, PathBuf::from("/data/reg"));
+        assert_eq!(l.root_source, RootSource::Config);
+    }
+
+    #[test]
+    fn default_root_without_config() {
+        let l = locate(None, None, None).unwrap();
+        assert_eq!(l.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(l.root_source, RootSource::Default);
+        let l = locate(None, Some(cfg("storage:\n  filesystem: {}\n")), None).unwrap();
+        assert_eq!(l.root_source, RootSource::Default);
+    }
+
+    #[test]
+    fn non_filesystem_driver_is_refused_as_unsafe() {
+        let e = locate(Some("/x".into()), Some(cfg("storage:\n  s3:\n    bucket: b\n  cache: {}\n")), None).unwrap_err();
+        assert!(matches!(e, Error::Unsafe(_)), "{e}");
+        assert!(e.to_string().contains("'s3'"));
+        let e = locate(None, Some(cfg(FS)), Some("gcs")).unwrap_err();
+        assert!(e.to_string().contains("REGISTRY_STORAGE"), "{e}");
+        let e = locate(None, None, Some("inmemory")).unwrap_err();
+        assert!(matches!(e, Error::Unsafe(_)));
+    }
+
+    #[test]
+    fn two_drivers_is_a_usage_error() {
+        let e = storage_driver(Some(&cfg("storage:\n  s3: {}\n  filesystem: {}\n")), None).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)));
+    }
+
+    #[test]
+    fn settings_keys_are_not_drivers() {
+        let c = cfg("storage:\n  maintenance:\n    readonly:\n      enabled: true\n  redirect: {}\n  tag: {}\n  filesystem: {}\n");
+        assert_eq!(storage_driver(Some(&c), None).unwrap().as_deref(), Some("filesystem"));
+    }
+
+    #[test]
+    fn explicit_config_must_exist_defaults_need_not() {
+        let e = find_config(Some(Path::new("/nonexistent/regclean.yml")), &[]).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)));
+        assert!(find_config(None, &["/nonexistent/a.yml"]).unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        std::fs::write(&p, FS).unwrap();
+        let c = find_config(None, &["/nonexistent/a.yml", p.to_str().unwrap()]).unwrap().unwrap();
+        assert_eq!(c.path, p);
+        std::fs::write(&p, "storage: [unclosed").unwrap();
+        assert!(matches!(find_config(Some(&p), &[]).unwrap_err(), Error::Usage(_)));
+    }
+}

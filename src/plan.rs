@@ -1,0 +1,274 @@
+//! The plan: a pure function of the inventory, the request and `now`. All policy lives here so
+//! that it is tested without a file system.
+
+use crate::digest::Digest;
+use crate::scan::{Inventory, Repo};
+use crate::target::Target;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// What the user asked for, resolved (see `cli::Settings`).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The TARGET arguments, already validated.
+    pub targets: Vec<Target>,
+}
+
+/// What one removal takes away.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum What {
+    /// `_manifests/tags/<name>` of the repository (never `tags/` itself).
+    Tag {
+        /// The tag.
+        name: String,
+        /// The manifest it pointed at, if its link was readable.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        manifest: Option<Digest>,
+    },
+    /// The repository's own `_manifests`, `_layers` and `_uploads`; nested repositories stay.
+    Repository {
+        /// Tags it had.
+        tags: usize,
+    },
+}
+
+/// One planned removal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Removal {
+    /// The repository.
+    pub repo: String,
+    /// What goes.
+    #[serde(flatten)]
+    pub what: What,
+    /// Why: the target (or policy) that selected it.
+    pub reason: String,
+}
+
+/// A named target that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Missing {
+    /// The target as written.
+    pub target: String,
+    /// Why it counts as missing.
+    pub reason: String,
+}
+
+/// The plan.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    /// Removals, sorted by repository; a repository's whole removal replaces its tag removals.
+    pub removals: Vec<Removal>,
+    /// Literal targets that do not exist (exit 1 unless `--ignore-missing`).
+    pub missing: Vec<Missing>,
+    /// Patterns that matched nothing (reported, not an error).
+    pub unmatched: Vec<String>,
+}
+
+impl Plan {
+    /// Number of tag removals and repository removals.
+    pub fn counts(&self) -> (usize, usize) {
+        let repos = self.removals.iter().filter(|r| matches!(r.what, What::Repository { .. })).count();
+        (self.removals.len() - repos, repos)
+    }
+}
+
+/// Builds the plan. `now` is unused by explicit targets; retention measures ages from it.
+pub fn plan(inv: &Inventory, req: &Request, _now: SystemTime) -> Plan {
+    let mut out = Plan::default();
+    // (repo, tag or None for the whole repository) -> reason; a BTreeMap dedups and sorts.
+    let mut chosen: BTreeMap<(String, Option<String>), String> = BTreeMap::new();
+    for t in &req.targets {
+        let text = t.to_string();
+        let repos: Vec<&Repo> = match t.repo.literal() {
+            Some(name) => match inv.repos.binary_search_by(|r| r.name.as_str().cmp(name)) {
+                Ok(i) => vec![&inv.repos[i]],
+                Err(_) => {
+                    out.missing.push(Missing { target: text, reason: missing_repo_reason(inv, name) });
+                    continue;
+                }
+            },
+            None => inv.repos.iter().filter(|r| t.repo.matches(&r.name)).collect(),
+        };
+        let mut matched = false;
+        for repo in repos {
+            match &t.tag {
+                None => {
+                    matched = true;
+                    chosen.entry((repo.name.clone(), None)).or_insert_with(|| text.clone());
+                }
+                Some(tm) => match tm.literal() {
+                    Some(tag) => {
+                        if repo.tag(tag).is_some() {
+                            matched = true;
+                            chosen.entry((repo.name.clone(), Some(tag.to_string()))).or_insert_with(|| text.clone());
+                        } else if t.repo.literal().is_some() {
+                            out.missing.push(Missing {
+                                target: text.clone(),
+                                reason: format!("repository '{}' has no tag '{tag}'", repo.name),
+                            });
+                            matched = true; // reported as missing, not as an unmatched pattern
+                        }
+                    }
+                    None => {
+                        for tag in repo.tags.iter().filter(|x| tm.matches(&x.name)) {
+                            matched = true;
+                            chosen.entry((repo.name.clone(), Some(tag.name.clone()))).or_insert_with(|| text.clone());
+                        }
+                    }
+                },
+            }
+        }
+        if !matched {
+            out.unmatched.push(text);
+        }
+    }
+    for ((repo_name, tag), reason) in &chosen {
+        let repo = &inv.repos[inv.repos.binary_search_by(|r| r.name.as_str().cmp(repo_name)).expect("chosen from inventory")];
+        let what = match tag {
+            None => What::Repository { tags: repo.tags.len() },
+            Some(tag) => {
+                if chosen.contains_key(&(repo_name.clone(), None)) {
+                    continue; // the whole repository goes anyway
+                }
+                What::Tag {
+                    name: tag.clone(),
+                    manifest: repo.tag(tag).and_then(|t| t.current.digest()),
+                }
+            }
+        };
+        out.removals.push(Removal { repo: repo_name.clone(), what, reason: reason.clone() });
+    }
+    out.removals.sort_by(|a, b| (&a.repo, matches!(a.what, What::Tag { .. }), &a.what).cmp(&(&b.repo, matches!(b.what, What::Tag { .. }), &b.what)));
+    out
+}
+
+fn missing_repo_reason(inv: &Inventory, name: &str) -> String {
+    let prefix = format!("{name}/");
+    let nested = inv.repos.iter().filter(|r| r.name.starts_with(&prefix)).count();
+    if nested > 0 {
+        format!(
+            "'{name}' is not a repository, only the parent of {nested} nested repositories (to remove those, name '{name}/**')"
+        )
+    } else {
+        format!("no repository '{name}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Link;
+    use crate::scan::Tag;
+
+    fn d(n: u8) -> Digest {
+        Digest([n; 32])
+    }
+
+    fn repo(name: &str, tags: &[(&str, u8)]) -> Repo {
+        Repo {
+            name: name.into(),
+            has_manifests: true,
+            has_layers: true,
+            has_tags_dir: true,
+            tags: tags
+                .iter()
+                .map(|(t, m)| Tag { name: t.to_string(), current: Link::Ok(d(*m)), pushed: None, history: vec![d(*m)] })
+                .collect(),
+            ..Repo::default()
+        }
+    }
+
+    fn inv() -> Inventory {
+        let mut repos = vec![
+            repo("app", &[("pr-1", 1), ("pr-2", 2), ("v1", 3)]),
+            repo("team/app", &[("latest", 4), ("v1", 4)]),
+            repo("team/app/api", &[("v1", 5)]),
+            repo("team/web", &[("v1", 6)]),
+            repo("other/x/deep", &[("v1", 7)]),
+        ];
+        repos.sort_by(|a, b| a.name.cmp(&b.name));
+        Inventory { repos, oddities: vec![] }
+    }
+
+    fn run(targets: &[&str]) -> Plan {
+        let targets = targets.iter().map(|t| Target::parse(t).unwrap()).collect();
+        plan(&inv(), &Request { targets }, SystemTime::UNIX_EPOCH)
+    }
+
+    fn summary(p: &Plan) -> Vec<String> {
+        p.removals
+            .iter()
+            .map(|r| match &r.what {
+                What::Tag { name, .. } => format!("{}:{name}", r.repo),
+                What::Repository { .. } => r.repo.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn literal_tag_removes_only_that_tag() {
+        let p = run(&["app:pr-1"]);
+        assert_eq!(summary(&p), ["app:pr-1"]);
+        assert!(p.missing.is_empty() && p.unmatched.is_empty());
+        assert_eq!(p.removals[0].what, What::Tag { name: "pr-1".into(), manifest: Some(d(1)) });
+    }
+
+    #[test]
+    fn last_tag_is_never_upgraded_to_repository() {
+        let p = run(&["team/web:v1"]);
+        assert_eq!(summary(&p), ["team/web:v1"]);
+        let p = run(&["app:*"]);
+        assert_eq!(summary(&p), ["app:pr-1", "app:pr-2", "app:v1"]);
+    }
+
+    #[test]
+    fn repository_removal_does_not_select_nested_repositories() {
+        let p = run(&["team/app"]);
+        assert_eq!(summary(&p), ["team/app"]);
+    }
+
+    #[test]
+    fn namespace_only_is_missing_with_a_hint() {
+        let p = run(&["team"]);
+        assert!(p.removals.is_empty());
+        assert_eq!(p.missing.len(), 1);
+        assert!(p.missing[0].reason.contains("team/**"), "{}", p.missing[0].reason);
+    }
+
+    #[test]
+    fn patterns_select_by_depth() {
+        assert_eq!(summary(&run(&["team/*"])), ["team/app", "team/web"]);
+        assert_eq!(summary(&run(&["team/**"])), ["team/app", "team/app/api", "team/web"]);
+        assert_eq!(summary(&run(&["team/**:v1"])), ["team/app:v1", "team/app/api:v1", "team/web:v1"]);
+        assert_eq!(summary(&run(&["app:pr-*"])), ["app:pr-1", "app:pr-2"]);
+    }
+
+    #[test]
+    fn missing_and_unmatched_are_reported_and_others_still_planned() {
+        let p = run(&["nosuch", "app:nosuch", "app:pr-1", "zzz/*", "app:zz*"]);
+        assert_eq!(summary(&p), ["app:pr-1"]);
+        let m: Vec<_> = p.missing.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(m, ["nosuch", "app:nosuch"]);
+        assert_eq!(p.unmatched, ["zzz/*", "app:zz*"]);
+    }
+
+    #[test]
+    fn whole_repository_subsumes_its_tags_and_duplicates_collapse() {
+        let p = run(&["app:pr-1", "app", "app", "app:*"]);
+        assert_eq!(summary(&p), ["app"]);
+        assert_eq!(p.counts(), (0, 1));
+        let p = run(&["app:pr-1", "app:pr-*"]);
+        assert_eq!(summary(&p), ["app:pr-1", "app:pr-2"]);
+        assert_eq!(p.removals[0].reason, "app:pr-1");
+    }
+
+    #[test]
+    fn literal_tag_in_pattern_repos_is_not_missing() {
+        // `*:v1` finds v1 wherever it exists; repositories without it are not "missing".
+        let p = run(&["team/*:v1"]);
+        assert_eq!(summary(&p), ["team/app:v1", "team/web:v1"]);
+        assert!(p.missing.is_empty());
+    }
+}

@@ -1,0 +1,157 @@
+//! The report: one summary of the run, printed as text or as one JSON object on stdout.
+
+use crate::apply::Outcome;
+use crate::config::RootSource;
+use crate::exit::Exit;
+use crate::plan::{Missing, What};
+use crate::scan::Oddity;
+use crate::trash::Deleted;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// Everything a run did or would do.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The storage root cleaned.
+    pub root: String,
+    /// Where the root came from.
+    pub root_source: RootSource,
+    /// The registry config read, if any.
+    pub config: Option<String>,
+    /// True for `--dry-run`: `removals` are planned, not done.
+    pub dry_run: bool,
+    /// Removals, planned or carried out (with `error` when one failed).
+    pub removals: Vec<Outcome>,
+    /// Named targets that do not exist.
+    pub missing: Vec<Missing>,
+    /// Patterns that matched nothing.
+    pub unmatched: Vec<String>,
+    /// Trash directories of interrupted runs found at start (emptied unless dry run).
+    pub leftover_trash_runs: usize,
+    /// What emptying the trash deleted.
+    pub deleted: Deleted,
+    /// Odd entries found in the store (symlinks, malformed links, ...); never touched.
+    pub oddities: Vec<Oddity>,
+    /// The exit code.
+    pub exit_code: i32,
+}
+
+impl Report {
+    /// The exit code for this report under the missing-target policy.
+    pub fn exit(&self, missing_fails: bool) -> Exit {
+        let failed = self.removals.iter().any(|o| o.error.is_some()) || !self.deleted.errors.is_empty();
+        if failed || (missing_fails && !self.missing.is_empty()) {
+            Exit::Failed
+        } else {
+            Exit::Done
+        }
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// The human form.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let verb = if self.dry_run { "would remove" } else { "removed" };
+        let mut last_repo = "";
+        for o in &self.removals {
+            let r = &o.removal;
+            if r.repo != last_repo {
+                let _ = writeln!(s, "{}", r.repo);
+                last_repo = &r.repo;
+            }
+            let what = match &r.what {
+                What::Tag { name, manifest } => match manifest {
+                    Some(d) => format!("tag {name} ({})", short(&d.to_string())),
+                    None => format!("tag {name}"),
+                },
+                What::Repository { tags } => format!("repository ({tags} tags; nested repositories kept)"),
+            };
+            match &o.error {
+                None => {
+                    let _ = writeln!(s, "  {verb} {what}");
+                }
+                Some(e) => {
+                    let _ = writeln!(s, "  FAILED to remove {what}: {e}");
+                }
+            }
+        }
+        for m in &self.missing {
+            let _ = writeln!(s, "missing: {}: {}", m.target, m.reason);
+        }
+        for u in &self.unmatched {
+            let _ = writeln!(s, "pattern '{u}' matched nothing");
+        }
+        if self.leftover_trash_runs > 0 {
+            let what = if self.dry_run { "would be emptied by the next run" } else { "emptied" };
+            let _ = writeln!(s, "trash left by {} interrupted run(s): {what}", self.leftover_trash_runs);
+        }
+        for e in &self.deleted.errors {
+            let _ = writeln!(s, "error: {e}");
+        }
+        let tags = self.removals.iter().filter(|o| o.error.is_none() && matches!(o.removal.what, What::Tag { .. })).count();
+        let repos = self.removals.iter().filter(|o| o.error.is_none() && matches!(o.removal.what, What::Repository { .. })).count();
+        let failed = self.removals.iter().filter(|o| o.error.is_some()).count();
+        let _ = write!(
+            s,
+            "{}: {tags} tag(s) and {repos} repositor{} {verb}",
+            if self.dry_run { "Dry run" } else { "Done" },
+            if repos == 1 { "y" } else { "ies" }
+        );
+        if failed > 0 {
+            let _ = write!(s, ", {failed} failed");
+        }
+        if !self.dry_run {
+            let _ = write!(s, "; {} files deleted", self.deleted.files);
+            if self.deleted.bytes > 0 {
+                let _ = write!(s, " ({} in uploads)", human_bytes(self.deleted.bytes));
+            }
+        }
+        let _ = writeln!(s, " in {} ({}).", self.root, root_source_text(self.root_source));
+        if !self.oddities.is_empty() {
+            let _ = writeln!(s, "note: {} odd entries in the store were left untouched (-v lists them)", self.oddities.len());
+        }
+        s
+    }
+}
+
+fn root_source_text(s: RootSource) -> &'static str {
+    match s {
+        RootSource::Explicit => "--root or REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+        RootSource::Config => "registry config",
+        RootSource::Default => "default root",
+    }
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min(19)]
+}
+
+/// 1536 → "1.5 KiB".
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}

@@ -1,0 +1,236 @@
+//! The trash: how regclean removes things atomically.
+//!
+//! Every removal is one `rename(2)` of a directory into `<root>/.regclean/trash/<run>/`, then
+//! the deletion of the trash. The rename is the commit point: before it the registry sees the
+//! tag or repository whole, after it not at all, and a run killed at any moment leaves either
+//! state plus some trash, which the next run empties first. The trash lies under the root (same
+//! file system, so the rename is atomic and never a copy) but outside `repositories/` and
+//! `blobs/`, which the registry walks.
+//!
+//! Deletion goes through directory handles (`openat` + `unlinkat`), never follows a symlink
+//! (a symlink in the trash is unlinked itself), and never crosses into another file system: a
+//! directory whose device differs from the trash's is left in place and reported.
+
+use crate::error::{errno, Error, Result};
+use crate::fsx::{DirFd, Kind};
+use rayon::prelude::*;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts from deleting trees.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Deleted {
+    /// Files (and symlinks) unlinked.
+    pub files: u64,
+    /// Directories removed.
+    pub dirs: u64,
+    /// Bytes of the regular files unlinked, where measured (see [`Measure`]).
+    pub bytes: u64,
+    /// What could not be deleted, with its path and cause; the deletion went on past each.
+    pub errors: Vec<String>,
+}
+
+impl Deleted {
+    fn add(&mut self, o: Deleted) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.bytes += o.bytes;
+        self.errors.extend(o.errors);
+    }
+}
+
+/// Whether to `stat` each file to count its bytes (one more system call per file: worth it for
+/// uploads, which can be gigabytes; not for link files, which are 71 bytes each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Count files only.
+    Count,
+    /// Count files and their bytes.
+    Bytes,
+}
+
+/// A run's trash directory.
+pub struct Trash {
+    /// `<root>/.regclean/trash`.
+    all: DirFd,
+    /// `<root>/.regclean/trash/<run>`.
+    run: DirFd,
+    run_name: String,
+    dev: u64,
+    seq: AtomicU64,
+}
+
+impl Trash {
+    /// Creates this run's trash under the state directory `state` (`<root>/.regclean`), and
+    /// checks that it is on the same file system as `repositories` (else a rename would fail
+    /// with EXDEV halfway through a plan; better to refuse before the first one).
+    pub fn create(state: &DirFd, same_fs_as: &DirFd) -> Result<Trash> {
+        let all = state.ensure_sub("trash")?;
+        let dev = all.self_stat()?.st_dev;
+        let other = same_fs_as.self_stat()?.st_dev;
+        if dev != other {
+            return Err(Error::Unsafe(format!(
+                "{} and {} are on different file systems: removal by atomic rename is impossible",
+                all.path().display(),
+                same_fs_as.path().display()
+            )));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let run_name = format!("{}-{}", now.as_secs(), std::process::id());
+        let run = all.ensure_sub(&run_name)?;
+        Ok(Trash { all, run, run_name, dev, seq: AtomicU64::new(0) })
+    }
+
+    /// Moves `name` out of `dir` into the trash, atomically. `label` ends the trash entry's
+    /// name (`uploads` entries are measured in bytes when deleted).
+    pub fn take(&self, dir: &DirFd, name: impl AsRef<OsStr>, label: &str) -> Result<()> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        dir.rename_to(name, &self.run, format!("{n}.{label}"))
+    }
+
+    /// Deletes everything in the trash: this run's entries and any left by interrupted runs.
+    pub fn empty(&self) -> Deleted {
+        empty_trash(&self.all, self.dev, Some(&self.run_name))
+    }
+}
+
+/// Deletes what interrupted runs left in `<root>/.regclean/trash` (all of it when
+/// `keep` is `None`, else everything but the directory named `keep`, which is emptied).
+pub fn empty_trash(all: &DirFd, dev: u64, keep: Option<&str>) -> Deleted {
+    let mut total = Deleted::default();
+    let mut all = match all.sub(".") {
+        Ok(d) => d,
+        Err(e) => {
+            total.errors.push(e.to_string());
+            return total;
+        }
+    };
+    let runs = match all.entries() {
+        Ok(e) => e,
+        Err(e) => {
+            total.errors.push(e.to_string());
+            return total;
+        }
+    };
+    for run in runs {
+        let is_ours = keep.is_some_and(|k| run.name == k);
+        if run.kind != Kind::Dir {
+            if let Err(e) = all.unlink(&run.name) {
+                total.errors.push(e.to_string());
+            }
+            total.files += 1;
+            continue;
+        }
+        let mut rd = match all.sub(&run.name) {
+            Ok(d) => d,
+            Err(e) => {
+                total.errors.push(e.to_string());
+                continue;
+            }
+        };
+        let entries = match rd.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                total.errors.push(e.to_string());
+                continue;
+            }
+        };
+        let parts: Vec<Deleted> = entries
+            .par_iter()
+            .map(|e| {
+                let m = if e.name.to_string_lossy().ends_with(".uploads") { Measure::Bytes } else { Measure::Count };
+                remove_entry(&rd, &e.name, e.kind, dev, m)
+            })
+            .collect();
+        parts.into_iter().for_each(|p| total.add(p));
+        if !is_ours {
+            match all.rmdir_if_empty(&run.name) {
+                Ok(true) => total.dirs += 1,
+                Ok(false) => {}
+                Err(e) => total.errors.push(e.to_string()),
+            }
+        }
+    }
+    total
+}
+
+/// Counts what a trash holds from earlier (interrupted) runs, without deleting.
+pub fn leftover_runs(state: &DirFd) -> Result<usize> {
+    match state.sub_opt("trash")? {
+        None => Ok(0),
+        Some(mut t) => Ok(t.entries()?.len()),
+    }
+}
+
+/// Removes the entry `name` of `parent`: a file or symlink is unlinked, a directory deleted
+/// recursively. `kind` is what the listing said; it is rechecked by the no-follow open.
+pub fn remove_entry(parent: &DirFd, name: &OsStr, kind: Kind, dev: u64, m: Measure) -> Deleted {
+    let mut out = Deleted::default();
+    if kind != Kind::Dir {
+        unlink_counted(parent, name, kind, m, &mut out);
+        return out;
+    }
+    let mut dir = match parent.sub(name) {
+        Ok(d) => d,
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(nix::errno::Errno::ENOTDIR as i32) || source.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+            // Replaced by a file or a symlink since it was listed: unlink that, follow nothing.
+            unlink_counted(parent, name, Kind::File, m, &mut out);
+            return out;
+        }
+        Err(e) => {
+            out.errors.push(e.to_string());
+            return out;
+        }
+    };
+    match dir.self_stat() {
+        Ok(st) if st.st_dev != dev => {
+            out.errors.push(format!(
+                "not deleting {}: it is on another file system (a mount point inside the store?)",
+                dir.path().display()
+            ));
+            return out;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            out.errors.push(e.to_string());
+            return out;
+        }
+    }
+    let entries = match dir.entries() {
+        Ok(e) => e,
+        Err(e) => {
+            out.errors.push(e.to_string());
+            return out;
+        }
+    };
+    let (dirs, files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.kind == Kind::Dir);
+    for f in &files {
+        unlink_counted(&dir, &f.name, f.kind, m, &mut out);
+    }
+    // Subdirectories in parallel: unlink is dominated by per-directory kernel work, so two
+    // directories at once use both cores where one would wait.
+    let sub: Vec<Deleted> = if dirs.len() > 1 {
+        dirs.par_iter().map(|d| remove_entry(&dir, &d.name, Kind::Dir, dev, m)).collect()
+    } else {
+        dirs.iter().map(|d| remove_entry(&dir, &d.name, Kind::Dir, dev, m)).collect()
+    };
+    sub.into_iter().for_each(|s| out.add(s));
+    drop(dir);
+    match nix::unistd::unlinkat(parent.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir) {
+        Ok(()) => out.dirs += 1,
+        Err(e) => out.errors.push(Error::io("removing directory", parent.child_path(name), errno(e)).to_string()),
+    }
+    out
+}
+
+fn unlink_counted(dir: &DirFd, name: &OsStr, kind: Kind, m: Measure, out: &mut Deleted) {
+    if m == Measure::Bytes && kind == Kind::File {
+        if let Ok(st) = dir.stat(name) {
+            out.bytes += st.st_size as u64;
+        }
+    }
+    match dir.unlink(name) {
+        Ok(()) => out.files += 1,
+        Err(e) => out.errors.push(e.to_string()),
+    }
+}
