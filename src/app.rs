@@ -50,6 +50,7 @@ fn init_logging(default: &str) {
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .try_init();
 }
@@ -143,7 +144,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
             if leftover > 0 {
                 tracing::warn!("emptying trash left by {leftover} interrupted run(s)");
             }
-            deleted = t.empty();
+            deleted = t.empty_leftovers();
             Some(t)
         }
         _ => None,
@@ -156,10 +157,10 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let request = Request { targets: settings.targets.clone() };
     let plan = plan::plan(&inv, &request, SystemTime::now());
 
-    let outcomes = match (&trash, &repos_dir) {
+    let outcomes = match (trash, &repos_dir) {
         (Some(t), Some(r)) => {
-            let o = apply::apply(r, t, &plan.removals);
-            let d = t.empty();
+            let o = apply::apply(r, &t, &plan.removals);
+            let d = t.finish();
             deleted = merge(deleted, d);
             o
         }

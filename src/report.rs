@@ -56,6 +56,7 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let verb = if self.dry_run { "would remove" } else { "removed" };
+        let done = if self.dry_run { "to remove" } else { "removed" };
         let mut last_repo = "";
         for o in &self.removals {
             let r = &o.removal;
@@ -97,7 +98,7 @@ impl Report {
         let failed = self.removals.iter().filter(|o| o.error.is_some()).count();
         let _ = write!(
             s,
-            "{}: {tags} tag(s) and {repos} repositor{} {verb}",
+            "{}: {tags} tag(s) and {repos} repositor{} {done}",
             if self.dry_run { "Dry run" } else { "Done" },
             if repos == 1 { "y" } else { "ies" }
         );

@@ -88,9 +88,14 @@ impl Trash {
         dir.rename_to(name, &self.run, format!("{n}.{label}"))
     }
 
-    /// Deletes everything in the trash: this run's entries and any left by interrupted runs.
-    pub fn empty(&self) -> Deleted {
+    /// Deletes what interrupted runs left in the trash (this run's directory stays).
+    pub fn empty_leftovers(&self) -> Deleted {
         empty_trash(&self.all, self.dev, Some(&self.run_name))
+    }
+
+    /// Deletes everything in the trash, this run's directory included.
+    pub fn finish(self) -> Deleted {
+        empty_trash(&self.all, self.dev, None)
     }
 }
 

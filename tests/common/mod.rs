@@ -1,0 +1,367 @@
+//! Shared test helpers: the built binary, temp stores, and the real registry (Debian's
+//! `docker-registry` 2.8.2) with images built locally and pushed with `skopeo`.
+#![allow(dead_code)]
+
+use sha2::{Digest as _, Sha256};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The regclean binary under test.
+pub fn regclean() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_regclean"));
+    // The machine's own registry config must never leak into a test.
+    c.env_remove("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")
+        .env_remove("REGISTRY_CONFIGURATION_PATH")
+        .env_remove("REGISTRY_STORAGE")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// Runs regclean with `args` on `root` (with `--config` pointing at a config in `root`'s
+/// parent if one exists there, else a non-existent default is avoided with `--config`).
+pub fn run_on(root: &Path, args: &[&str]) -> Output {
+    let mut c = regclean();
+    c.arg("--root").arg(root).args(args);
+    if let Some(cfg) = sibling_config(root) {
+        c.arg("--config").arg(cfg);
+    }
+    c.output().expect("run regclean")
+}
+
+fn sibling_config(root: &Path) -> Option<PathBuf> {
+    let p = root.parent()?.join("config.yml");
+    p.exists().then_some(p)
+}
+
+/// stdout + stderr of an output, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The store generator.
+pub fn genstore(out: &Path, args: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_regclean-genstore"))
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// Copies the fixture store `name` (under fixtures/) into a new temp dir; returns (dir, root).
+pub fn fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let st = Command::new("cp").arg("-a").arg(&src).arg(&root).status().unwrap();
+    assert!(st.success());
+    write_config(tmp.path(), &root, "127.0.0.1:1");
+    (tmp, root)
+}
+
+/// `<root>/docker/registry/v2/repositories/<rel>`.
+pub fn repo_path(root: &Path, rel: &str) -> PathBuf {
+    root.join("docker/registry/v2/repositories").join(rel)
+}
+
+/// Every file under `dir` with its content, sorted (to prove nothing else changed).
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        if rel.starts_with(".regclean") {
+            continue;
+        }
+        let content = if e.file_type().is_file() {
+            std::fs::read(e.path()).unwrap()
+        } else if e.file_type().is_symlink() {
+            std::fs::read_link(e.path()).unwrap().to_string_lossy().as_bytes().to_vec()
+        } else {
+            b"<dir>".to_vec()
+        };
+        out.push((rel, content));
+    }
+    out
+}
+
+/// Writes a registry config for `root` listening on `addr`; returns its path.
+pub fn write_config(dir: &Path, root: &Path, addr: &str) -> PathBuf {
+    let p = dir.join("config.yml");
+    let cfg = format!(
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+        root.display()
+    );
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// Are the real registry and skopeo here? If not, the test fails — unless
+/// `REGCLEAN_ALLOW_SKIP_E2E=1` explicitly allows skipping (never set in `.ci/run`).
+pub fn e2e_available() -> bool {
+    let have = |b: &str| Command::new("sh").arg("-c").arg(format!("command -v {b}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    if have("docker-registry") && have("skopeo") {
+        return true;
+    }
+    if std::env::var("REGCLEAN_ALLOW_SKIP_E2E").as_deref() == Ok("1") {
+        eprintln!("skipping: docker-registry or skopeo missing and REGCLEAN_ALLOW_SKIP_E2E=1");
+        return false;
+    }
+    panic!("docker-registry and skopeo are required (apt-get install docker-registry skopeo); set REGCLEAN_ALLOW_SKIP_E2E=1 to skip");
+}
+
+/// A real registry serving a temp store on 127.0.0.1.
+pub struct Registry {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Registry {
+    /// Starts a registry on a new empty store.
+    pub fn start() -> Registry {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let port = free_port();
+        let config = write_config(tmp.path(), &root, &format!("127.0.0.1:{port}"));
+        let mut r = Registry { tmp, root, config, port, child: None };
+        r.serve(&[]);
+        r
+    }
+
+    /// Starts (or restarts) `docker-registry serve` with extra environment.
+    pub fn serve(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        let log = std::fs::File::create(self.tmp.path().join("registry.log")).unwrap();
+        let mut c = Command::new("docker-registry");
+        c.arg("serve").arg(&self.config).stdout(log.try_clone().unwrap()).stderr(log);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        self.child = Some(c.spawn().expect("start docker-registry"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = self.get("/v2/") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("registry did not start: {}", std::fs::read_to_string(self.tmp.path().join("registry.log")).unwrap_or_default());
+    }
+
+    /// Stops the registry (SIGTERM, then wait).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    /// The serving process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// A plain HTTP GET; returns (status, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let status = buf.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+        let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// The repositories in the catalog.
+    pub fn catalog(&self) -> Vec<String> {
+        let (_, body) = self.get("/v2/_catalog?n=1000").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut r: Vec<String> = v["repositories"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+        r.sort();
+        r
+    }
+
+    fn image_ref(&self, reference: &str) -> String {
+        format!("docker://127.0.0.1:{}/{reference}", self.port)
+    }
+
+    /// Pushes an image directory (skopeo `dir:` layout) to `repo:tag`.
+    pub fn push(&self, img: &ImageDir, reference: &str) {
+        let o = Command::new("skopeo")
+            .args(["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", "-q"])
+            .arg(format!("dir:{}", img.dir.display()))
+            .arg(self.image_ref(reference))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "push {reference}: {}", text(&o));
+    }
+
+    /// Pulls `repo:tag` fully (every child of an index, every blob, digests verified).
+    pub fn pull(&self, reference: &str) -> Result<(), String> {
+        let dest = tempfile::tempdir().unwrap();
+        let o = Command::new("skopeo")
+            .args(["copy", "--all", "--src-tls-verify=false", "-q"])
+            .arg(self.image_ref(reference))
+            .arg(format!("dir:{}", dest.path().join("img").display()))
+            .output()
+            .unwrap();
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// Asserts every reference pulls fully.
+    pub fn assert_pull(&self, refs: &[&str]) {
+        for r in refs {
+            if let Err(e) = self.pull(r) {
+                panic!("{r} must still pull fully, but: {e}");
+            }
+        }
+    }
+
+    /// Asserts every reference is gone (manifest unknown).
+    pub fn assert_gone(&self, refs: &[&str]) {
+        for r in refs {
+            let (repo, tag) = r.split_once(':').unwrap();
+            let (status, body) = self.get(&format!("/v2/{repo}/manifests/{tag}")).unwrap();
+            assert_eq!(status, 404, "{r} must be gone, got {status}: {body}");
+        }
+    }
+
+    /// Runs regclean on this registry's store and config.
+    pub fn regclean(&self, args: &[&str]) -> Output {
+        regclean().arg("--root").arg(&self.root).arg("--config").arg(&self.config).args(args).output().unwrap()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An image in skopeo's `dir:` layout, built locally (no pulls are possible here).
+pub struct ImageDir {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    /// The top manifest's digest (`sha256:…`).
+    pub digest: String,
+    /// Every blob digest the image holds (configs, layers, child manifests, top manifest).
+    pub blobs: Vec<String>,
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// sha256 of data as `sha256:<hex>`.
+pub fn sha(data: &[u8]) -> String {
+    format!("sha256:{}", Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Builds images into a `dir:` layout.
+pub struct Builder {
+    tmp: tempfile::TempDir,
+    dir: PathBuf,
+    blobs: Vec<String>,
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("img");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").unwrap();
+        Builder { tmp, dir, blobs: Vec::new() }
+    }
+
+    fn blob(&mut self, data: &[u8], manifest: bool) -> String {
+        let d = sha(data);
+        let name = if manifest { format!("{}.manifest.json", &d[7..]) } else { d[7..].to_string() };
+        std::fs::write(self.dir.join(name), data).unwrap();
+        self.blobs.push(d.clone());
+        d
+    }
+
+    /// An image manifest (`docker` = Docker schema 2 media types) with a config for `arch`
+    /// and the given layer contents. Returns the manifest JSON (not yet written as top).
+    pub fn image(&mut self, arch: &str, layers: &[&[u8]], docker: bool) -> String {
+        let (mt, cmt, lmt) = if docker {
+            (DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json", "application/vnd.docker.image.rootfs.diff.tar.gzip")
+        } else {
+            (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar")
+        };
+        let cfg = format!(r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"n":"{}"}}"#, self.blobs.len());
+        let cd = self.blob(cfg.as_bytes(), false);
+        let ls: Vec<String> = layers
+            .iter()
+            .map(|l| {
+                let d = self.blob(l, false);
+                format!(r#"{{"mediaType":"{lmt}","digest":"{d}","size":{}}}"#, l.len())
+            })
+            .collect();
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{mt}","config":{{"mediaType":"{cmt}","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
+            cfg.len(),
+            ls.join(",")
+        )
+    }
+
+    /// Adds a child manifest (for an index) and returns its descriptor JSON.
+    pub fn child(&mut self, manifest: &str, arch: &str) -> String {
+        let mt = if manifest.contains(DOCKER_MANIFEST) { DOCKER_MANIFEST } else { OCI_MANIFEST };
+        let d = self.blob(manifest.as_bytes(), true);
+        format!(r#"{{"mediaType":"{mt}","digest":"{d}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#, manifest.len())
+    }
+
+    /// Finishes with `top` as the image's top-level manifest.
+    pub fn finish(mut self, top: &str) -> ImageDir {
+        std::fs::write(self.dir.join("manifest.json"), top).unwrap();
+        let digest = sha(top.as_bytes());
+        self.blobs.push(digest.clone());
+        ImageDir { tmp: self.tmp, dir: self.dir, digest, blobs: self.blobs }
+    }
+}
+
+/// A single-platform OCI image with the given layers.
+pub fn oci_image(layers: &[&[u8]]) -> ImageDir {
+    let mut b = Builder::new();
+    let m = b.image("amd64", layers, false);
+    b.finish(&m)
+}
+
+/// A multi-arch image: an OCI index (`docker` false) or a Docker manifest list (true) of
+/// amd64 and arm64 children, each with its own layer plus `shared`.
+pub fn multi_arch(docker: bool, shared: &[u8], salt: &str) -> ImageDir {
+    let mut b = Builder::new();
+    let mut kids = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let own = format!("{salt}-{arch}-layer");
+        let m = b.image(arch, &[shared, own.as_bytes()], docker);
+        kids.push(b.child(&m, arch));
+    }
+    let mt = if docker { DOCKER_LIST } else { OCI_INDEX };
+    let top = format!(r#"{{"schemaVersion":2,"mediaType":"{mt}","manifests":[{}]}}"#, kids.join(","));
+    b.finish(&top)
+}
