@@ -37,7 +37,13 @@ fn usage() -> ! {
 }
 
 fn parse_opts() -> Opts {
-    let mut o = Opts { out: PathBuf::new(), repos: 20, tags: 10, seed: 1, multiarch_percent: 20 };
+    let mut o = Opts {
+        out: PathBuf::new(),
+        repos: 20,
+        tags: 10,
+        seed: 1,
+        multiarch_percent: 20,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -52,7 +58,9 @@ fn parse_opts() -> Opts {
             "--repos" => o.repos = val().parse().unwrap_or_else(|_| usage()),
             "--tags" => o.tags = val().parse().unwrap_or_else(|_| usage()),
             "--seed" => o.seed = val().parse().unwrap_or_else(|_| usage()),
-            "--multiarch-percent" => o.multiarch_percent = val().parse().unwrap_or_else(|_| usage()),
+            "--multiarch-percent" => {
+                o.multiarch_percent = val().parse().unwrap_or_else(|_| usage())
+            }
             _ => usage(),
         }
     }
@@ -101,16 +109,24 @@ impl Store {
 
     fn blob(&self, data: &[u8]) -> Blob {
         let hex = hex(&Sha256::digest(data));
-        let p = self.v2.join(format!("blobs/sha256/{}/{}/data", &hex[..2], hex));
+        let p = self
+            .v2
+            .join(format!("blobs/sha256/{}/{}/data", &hex[..2], hex));
         if !p.exists() {
             self.write(&p, data);
-            self.blob_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.blob_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        Blob { hex, size: data.len() }
+        Blob {
+            hex,
+            size: data.len(),
+        }
     }
 
     fn link(&self, repo: &str, rel: &str, b: &Blob) {
-        let p = self.v2.join(format!("repositories/{repo}/{rel}/sha256/{}/link", b.hex));
+        let p = self
+            .v2
+            .join(format!("repositories/{repo}/{rel}/sha256/{}/link", b.hex));
         if !p.exists() {
             self.write(&p, format!("sha256:{}", b.hex).as_bytes());
         }
@@ -122,12 +138,21 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn desc(media: &str, b: &Blob) -> String {
-    format!(r#"{{"mediaType":"{media}","digest":"sha256:{}","size":{}}}"#, b.hex, b.size)
+    format!(
+        r#"{{"mediaType":"{media}","digest":"sha256:{}","size":{}}}"#,
+        b.hex, b.size
+    )
 }
 
 /// One image manifest (config + one own layer + two shared layers) in `repo`.
 fn image(st: &Store, rng: &mut Rng, repo: &str, pool: &[Blob], arch: &str) -> Blob {
-    let config = st.blob(format!(r#"{{"architecture":"{arch}","os":"linux","created":"{}","repo":"{repo}"}}"#, rng.next()).as_bytes());
+    let config = st.blob(
+        format!(
+            r#"{{"architecture":"{arch}","os":"linux","created":"{}","repo":"{repo}"}}"#,
+            rng.next()
+        )
+        .as_bytes(),
+    );
     let n = 256 + rng.below(1792) as usize;
     let own = st.blob(&rng.bytes(n));
     let a = &pool[rng.below(pool.len() as u64) as usize];
@@ -139,7 +164,11 @@ fn image(st: &Store, rng: &mut Rng, repo: &str, pool: &[Blob], arch: &str) -> Bl
     let m = format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{},"layers":[{}]}}"#,
         desc(OCI_CONFIG, &config),
-        layers.iter().map(|l| desc(OCI_LAYER, l)).collect::<Vec<_>>().join(",")
+        layers
+            .iter()
+            .map(|l| desc(OCI_LAYER, l))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let mb = st.blob(m.as_bytes());
     st.link(repo, "_layers", &config);
@@ -162,7 +191,10 @@ fn index(st: &Store, rng: &mut Rng, repo: &str, pool: &[Blob]) -> Blob {
             )
         })
         .collect();
-    let m = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#, kids.join(","));
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+        kids.join(",")
+    );
     let mb = st.blob(m.as_bytes());
     st.link(repo, "_manifests/revisions", &mb);
     mb
@@ -180,10 +212,15 @@ fn repo_name(i: usize) -> String {
 
 fn main() {
     let o = parse_opts();
-    let st = Store { v2: o.out.join("docker/registry/v2"), files: AtomicU64::new(0), blob_bytes: AtomicU64::new(0) };
+    let st = Store {
+        v2: o.out.join("docker/registry/v2"),
+        files: AtomicU64::new(0),
+        blob_bytes: AtomicU64::new(0),
+    };
     fs::create_dir_all(st.v2.join("repositories")).unwrap();
     let mut rng = Rng(o.seed);
-    let pool: Vec<Blob> = (0..200).map(|_| st.blob(&rng.bytes(4096))).collect();
+    let pool_size = (o.repos * 2).clamp(16, 200);
+    let pool: Vec<Blob> = (0..pool_size).map(|_| st.blob(&rng.bytes(4096))).collect();
     let now = SystemTime::now();
     let stats: Vec<(usize, usize)> = (0..o.repos)
         .into_par_iter()
@@ -201,15 +238,26 @@ fn main() {
                 let versions = 1 + rng.below(3) as usize; // older versions are untagged history
                 let mut last = None;
                 for _ in 0..versions {
-                    let m = if multi { index(&st, &mut rng, &repo, &pool) } else { image(&st, &mut rng, &repo, &pool, "amd64") };
+                    let m = if multi {
+                        index(&st, &mut rng, &repo, &pool)
+                    } else {
+                        image(&st, &mut rng, &repo, &pool, "amd64")
+                    };
                     manifests += if multi { 3 } else { 1 };
                     st.link(&repo, &format!("_manifests/tags/{tag}/index"), &m);
                     last = Some(m);
                 }
-                let cur = st.v2.join(format!("repositories/{repo}/_manifests/tags/{tag}/current/link"));
+                let cur = st.v2.join(format!(
+                    "repositories/{repo}/_manifests/tags/{tag}/current/link"
+                ));
                 st.write(&cur, format!("sha256:{}", last.unwrap().hex).as_bytes());
                 let age = Duration::from_secs(3600 * (1 + rng.below(24 * 180)));
-                fs::File::options().write(true).open(&cur).unwrap().set_modified(now - age).unwrap();
+                fs::File::options()
+                    .write(true)
+                    .open(&cur)
+                    .unwrap()
+                    .set_modified(now - age)
+                    .unwrap();
             }
             (o.tags, manifests)
         })

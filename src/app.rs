@@ -1,7 +1,7 @@
 //! Runs the pipeline: settings → locations → lock → scan → plan → apply → report.
 
 use crate::apply;
-use crate::cli::{self, Mode, MissingPolicy, Output, Settings};
+use crate::cli::{self, MissingPolicy, Mode, Output, Settings};
 use crate::config::{self, Location};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
@@ -74,15 +74,23 @@ pub struct Store {
 pub fn open_store(loc: &Location) -> Result<Store> {
     let root_path = &loc.root;
     let from = match loc.root_source {
-        config::RootSource::Explicit => "from --root/REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(),
+        config::RootSource::Explicit => {
+            "from --root/REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string()
+        }
         config::RootSource::Config => format!(
             "from storage.filesystem.rootdirectory in {}",
-            loc.config.as_ref().map(|c| c.path.display().to_string()).unwrap_or_default()
+            loc.config
+                .as_ref()
+                .map(|c| c.path.display().to_string())
+                .unwrap_or_default()
         ),
         config::RootSource::Default => "the default; set --root".to_string(),
     };
     let root = DirFd::open(root_path).map_err(|e| match e {
-        Error::Io { source, .. } => Error::Usage(format!("storage root {} ({from}): {source}", root_path.display())),
+        Error::Io { source, .. } => Error::Usage(format!(
+            "storage root {} ({from}): {source}",
+            root_path.display()
+        )),
         e => e,
     })?;
     let not_store = |what: String| {
@@ -93,11 +101,23 @@ pub fn open_store(loc: &Location) -> Result<Store> {
     };
     let v2 = (|| root.sub("docker")?.sub("registry")?.sub("v2"))().map_err(|e| match e {
         Error::Io { source, path, .. } => match source.raw_os_error() {
-            Some(c) if c == nix::errno::Errno::ENOENT as i32 => not_store("it has no docker/registry/v2 directory".into()),
-            Some(c) if c == nix::errno::Errno::ELOOP as i32 || c == nix::errno::Errno::ENOTDIR as i32 => {
-                not_store(format!("{} is a symlink or not a directory", path.display()))
+            Some(c) if c == nix::errno::Errno::ENOENT as i32 => {
+                not_store("it has no docker/registry/v2 directory".into())
             }
-            _ => Error::Io { op: "opening", path, source },
+            Some(c)
+                if c == nix::errno::Errno::ELOOP as i32
+                    || c == nix::errno::Errno::ENOTDIR as i32 =>
+            {
+                not_store(format!(
+                    "{} is a symlink or not a directory",
+                    path.display()
+                ))
+            }
+            _ => Error::Io {
+                op: "opening",
+                path,
+                source,
+            },
         },
         e => e,
     })?;
@@ -154,7 +174,9 @@ pub fn run(settings: &Settings) -> Result<Report> {
     for o in &inv.oddities {
         tracing::info!("odd entry {} ({:?}): {}", o.path, o.kind, o.detail);
     }
-    let request = Request { targets: settings.targets.clone() };
+    let request = Request {
+        targets: settings.targets.clone(),
+    };
     let plan = plan::plan(&inv, &request, SystemTime::now());
 
     let outcomes = match (trash, &repos_dir) {
@@ -167,7 +189,10 @@ pub fn run(settings: &Settings) -> Result<Report> {
         _ => plan
             .removals
             .iter()
-            .map(|r| apply::Outcome { removal: r.clone(), error: None })
+            .map(|r| apply::Outcome {
+                removal: r.clone(),
+                error: None,
+            })
             .collect(),
     };
     for m in &plan.missing {

@@ -62,7 +62,8 @@ fn apply_one(repos: &DirFd, trash: &Trash, r: &Removal) -> Result<()> {
             for part in REPO_PARTS {
                 match trash.take(&repo, part, &part[1..]) {
                     Ok(()) => {}
-                    Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }

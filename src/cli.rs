@@ -47,7 +47,11 @@ pub struct Args {
 
     /// Storage root (the directory holding docker/registry/v2).
     /// [default: the registry config's storage.filesystem.rootdirectory, else /var/lib/registry]
-    #[arg(long, value_name = "DIR", env = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"
+    )]
     pub root: Option<PathBuf>,
 
     /// Registry config file.
@@ -131,7 +135,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Settings, Exit>
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return Err(if e.use_stderr() { Exit::Usage } else { Exit::Done });
+            return Err(if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Done
+            });
         }
     };
     resolve(args).map_err(|errors| {
@@ -153,19 +161,36 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
         }
     }
     if args.targets.is_empty() {
-        errors.push("nothing to do: name at least one TARGET (REPO or REPO:TAG); see --help".into());
+        errors
+            .push("nothing to do: name at least one TARGET (REPO or REPO:TAG); see --help".into());
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Settings {
         targets,
-        mode: if args.dry_run { Mode::DryRun } else { Mode::Apply },
+        mode: if args.dry_run {
+            Mode::DryRun
+        } else {
+            Mode::Apply
+        },
         root: args.root,
         config: args.config,
-        missing: if args.ignore_missing { MissingPolicy::Ignore } else { MissingPolicy::Fail },
-        wait: if args.wait { WaitMode::Wait } else { WaitMode::NoWait },
-        output: if args.json { Output::Json } else { Output::Human },
+        missing: if args.ignore_missing {
+            MissingPolicy::Ignore
+        } else {
+            MissingPolicy::Fail
+        },
+        wait: if args.wait {
+            WaitMode::Wait
+        } else {
+            WaitMode::NoWait
+        },
+        output: if args.json {
+            Output::Json
+        } else {
+            Output::Human
+        },
         log_filter: match (args.quiet, args.verbose) {
             (true, _) => "error",
             (false, 0) => "warn",

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 /// The registry's default root when nothing else names one.
 pub const DEFAULT_ROOT: &str = "/var/lib/registry";
 /// Config locations tried when none is named (registry:2, then registry:3).
-pub const DEFAULT_CONFIGS: [&str; 2] = ["/etc/docker/registry/config.yml", "/etc/distribution/config.yml"];
+pub const DEFAULT_CONFIGS: [&str; 2] = [
+    "/etc/docker/registry/config.yml",
+    "/etc/distribution/config.yml",
+];
 
 /// Keys of `storage:` that are settings, not a driver.
 const STORAGE_SETTINGS: [&str; 5] = ["maintenance", "cache", "delete", "redirect", "tag"];
@@ -54,9 +57,14 @@ pub struct Location {
 
 /// Reads and parses a registry config file.
 pub fn read_config(path: &Path) -> Result<RegistryConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading registry config", path, e))?;
-    let yaml: Value = serde_yaml_ng::from_str(&text)
-        .map_err(|e| Error::Usage(format!("registry config {}: invalid YAML: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io("reading registry config", path, e))?;
+    let yaml: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
+        Error::Usage(format!(
+            "registry config {}: invalid YAML: {e}",
+            path.display()
+        ))
+    })?;
     Ok(RegistryConfig {
         path: path.to_path_buf(),
         yaml,
@@ -68,7 +76,10 @@ pub fn read_config(path: &Path) -> Result<RegistryConfig> {
 pub fn find_config(explicit: Option<&Path>, defaults: &[&str]) -> Result<Option<RegistryConfig>> {
     if let Some(p) = explicit {
         if !p.exists() {
-            return Err(Error::Usage(format!("registry config {}: no such file", p.display())));
+            return Err(Error::Usage(format!(
+                "registry config {}: no such file",
+                p.display()
+            )));
         }
         return read_config(p).map(Some);
     }
@@ -87,7 +98,10 @@ fn get<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
 
 /// The storage driver the registry would use: `REGISTRY_STORAGE` if set, else the one
 /// driver key under `storage:`; `None` when no config names one (the filesystem is assumed).
-pub fn storage_driver(config: Option<&RegistryConfig>, env_storage: Option<&str>) -> Result<Option<String>> {
+pub fn storage_driver(
+    config: Option<&RegistryConfig>,
+    env_storage: Option<&str>,
+) -> Result<Option<String>> {
     if let Some(e) = env_storage.filter(|s| !s.trim().is_empty()) {
         return Ok(Some(e.trim().to_string()));
     }
@@ -116,7 +130,11 @@ pub fn storage_driver(config: Option<&RegistryConfig>, env_storage: Option<&str>
 /// `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`; `env_storage` is `REGISTRY_STORAGE`.
 /// Refuses (exit 3) a driver other than `filesystem`: such a registry has no local tree, and
 /// cleaning a stale directory would report success while freeing nothing.
-pub fn locate(explicit_root: Option<PathBuf>, config: Option<RegistryConfig>, env_storage: Option<&str>) -> Result<Location> {
+pub fn locate(
+    explicit_root: Option<PathBuf>,
+    config: Option<RegistryConfig>,
+    env_storage: Option<&str>,
+) -> Result<Location> {
     if let Some(d) = storage_driver(config.as_ref(), env_storage)? {
         if d != "filesystem" {
             let from = match (&config, env_storage.filter(|s| !s.trim().is_empty())) {
@@ -130,7 +148,11 @@ pub fn locate(explicit_root: Option<PathBuf>, config: Option<RegistryConfig>, en
         }
     }
     if let Some(r) = explicit_root.filter(|r| !r.as_os_str().is_empty()) {
-        return Ok(Location { root: r, root_source: RootSource::Explicit, config });
+        return Ok(Location {
+            root: r,
+            root_source: RootSource::Explicit,
+            config,
+        });
     }
     if let Some(r) = config
         .as_ref()
@@ -139,7 +161,11 @@ pub fn locate(explicit_root: Option<PathBuf>, config: Option<RegistryConfig>, en
         .filter(|s| !s.is_empty())
     {
         let root = PathBuf::from(r);
-        return Ok(Location { root, root_source: RootSource::Config, config });
+        return Ok(Location {
+            root,
+            root_source: RootSource::Config,
+            config,
+        });
     }
     Ok(Location {
         root: PathBuf::from(DEFAULT_ROOT),
@@ -186,7 +212,12 @@ mod tests {
 
     #[test]
     fn non_filesystem_driver_is_refused_as_unsafe() {
-        let e = locate(Some("/x".into()), Some(cfg("storage:\n  s3:\n    bucket: b\n  cache: {}\n")), None).unwrap_err();
+        let e = locate(
+            Some("/x".into()),
+            Some(cfg("storage:\n  s3:\n    bucket: b\n  cache: {}\n")),
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::Unsafe(_)), "{e}");
         assert!(e.to_string().contains("'s3'"));
         let e = locate(None, Some(cfg(FS)), Some("gcs")).unwrap_err();
@@ -197,27 +228,38 @@ mod tests {
 
     #[test]
     fn two_drivers_is_a_usage_error() {
-        let e = storage_driver(Some(&cfg("storage:\n  s3: {}\n  filesystem: {}\n")), None).unwrap_err();
+        let e =
+            storage_driver(Some(&cfg("storage:\n  s3: {}\n  filesystem: {}\n")), None).unwrap_err();
         assert!(matches!(e, Error::Usage(_)));
     }
 
     #[test]
     fn settings_keys_are_not_drivers() {
         let c = cfg("storage:\n  maintenance:\n    readonly:\n      enabled: true\n  redirect: {}\n  tag: {}\n  filesystem: {}\n");
-        assert_eq!(storage_driver(Some(&c), None).unwrap().as_deref(), Some("filesystem"));
+        assert_eq!(
+            storage_driver(Some(&c), None).unwrap().as_deref(),
+            Some("filesystem")
+        );
     }
 
     #[test]
     fn explicit_config_must_exist_defaults_need_not() {
         let e = find_config(Some(Path::new("/nonexistent/regclean.yml")), &[]).unwrap_err();
         assert!(matches!(e, Error::Usage(_)));
-        assert!(find_config(None, &["/nonexistent/a.yml"]).unwrap().is_none());
+        assert!(find_config(None, &["/nonexistent/a.yml"])
+            .unwrap()
+            .is_none());
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("config.yml");
         std::fs::write(&p, FS).unwrap();
-        let c = find_config(None, &["/nonexistent/a.yml", p.to_str().unwrap()]).unwrap().unwrap();
+        let c = find_config(None, &["/nonexistent/a.yml", p.to_str().unwrap()])
+            .unwrap()
+            .unwrap();
         assert_eq!(c.path, p);
         std::fs::write(&p, "storage: [unclosed").unwrap();
-        assert!(matches!(find_config(Some(&p), &[]).unwrap_err(), Error::Usage(_)));
+        assert!(matches!(
+            find_config(Some(&p), &[]).unwrap_err(),
+            Error::Usage(_)
+        ));
     }
 }

@@ -125,9 +125,18 @@ mod tests {
     #[test]
     fn registry_rejects_what_we_reject() {
         assert_eq!(Link::from_content(b""), Link::Empty);
-        assert_eq!(Link::from_content(format!("{D}\n").as_bytes()), Link::Malformed);
-        assert_eq!(Link::from_content(D.to_uppercase().as_bytes()), Link::Malformed);
-        assert_eq!(Link::from_content(D.replace("sha256", "sha512").as_bytes()), Link::Malformed);
+        assert_eq!(
+            Link::from_content(format!("{D}\n").as_bytes()),
+            Link::Malformed
+        );
+        assert_eq!(
+            Link::from_content(D.to_uppercase().as_bytes()),
+            Link::Malformed
+        );
+        assert_eq!(
+            Link::from_content(D.replace("sha256", "sha512").as_bytes()),
+            Link::Malformed
+        );
         assert_eq!(Link::from_content(&D.as_bytes()[..70]), Link::Malformed);
         let upper_hex = format!("sha256:{}", &D[7..].to_uppercase());
         assert_eq!(Link::from_content(upper_hex.as_bytes()), Link::Malformed);
@@ -136,6 +145,9 @@ mod tests {
     #[test]
     fn blob_path_uses_two_char_fanout() {
         let d = Digest::parse(D.as_bytes()).unwrap();
-        assert_eq!(d.blob_rel_path(), format!("blobs/sha256/01/{}/data", &D[7..]));
+        assert_eq!(
+            d.blob_rel_path(),
+            format!("blobs/sha256/01/{}/data", &D[7..])
+        );
     }
 }

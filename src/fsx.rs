@@ -132,8 +132,12 @@ impl DirFd {
     /// `fstatat` without following a symlink.
     pub fn stat(&self, name: impl AsRef<OsStr>) -> Result<FileStat> {
         let name = name.as_ref();
-        fstatat(self.dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| Error::io("reading metadata of", self.child_path(name), errno(e)))
+        fstatat(
+            self.dir.as_fd(),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::io("reading metadata of", self.child_path(name), errno(e)))
     }
 
     /// `fstat` of this directory itself.
@@ -189,14 +193,27 @@ impl DirFd {
         let name = name.as_ref();
         match unlinkat(self.dir.as_fd(), name, UnlinkatFlags::RemoveDir) {
             Ok(()) => Ok(true),
-            Err(nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST | nix::errno::Errno::ENOENT) => Ok(false),
-            Err(e) => Err(Error::io("removing directory", self.child_path(name), errno(e))),
+            Err(
+                nix::errno::Errno::ENOTEMPTY
+                | nix::errno::Errno::EEXIST
+                | nix::errno::Errno::ENOENT,
+            ) => Ok(false),
+            Err(e) => Err(Error::io(
+                "removing directory",
+                self.child_path(name),
+                errno(e),
+            )),
         }
     }
 
     /// Atomically renames `name` in this directory to `to_name` in `to`. Both must be on the
     /// same file system (the kernel refuses otherwise with EXDEV, and so do we).
-    pub fn rename_to(&self, name: impl AsRef<OsStr>, to: &DirFd, to_name: impl AsRef<OsStr>) -> Result<()> {
+    pub fn rename_to(
+        &self,
+        name: impl AsRef<OsStr>,
+        to: &DirFd,
+        to_name: impl AsRef<OsStr>,
+    ) -> Result<()> {
         let name = name.as_ref();
         nix::fcntl::renameat(self.dir.as_fd(), name, to.dir.as_fd(), to_name.as_ref())
             .map_err(|e| Error::io("moving to trash", self.child_path(name), errno(e)))
@@ -207,7 +224,11 @@ impl DirFd {
         let name = name.as_ref();
         match nix::sys::stat::mkdirat(self.dir.as_fd(), name, Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => self.sub(name),
-            Err(e) => Err(Error::io("creating directory", self.child_path(name), errno(e))),
+            Err(e) => Err(Error::io(
+                "creating directory",
+                self.child_path(name),
+                errno(e),
+            )),
         }
     }
 

@@ -42,14 +42,19 @@ pub fn acquire(state: &DirFd, mode: WaitMode) -> Result<Lock> {
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
             if mode == WaitMode::NoWait {
-                let who = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+                let who = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                };
                 return Err(Error::Unsafe(format!(
                     "another regclean{who} is working on this store: lock {} is held; retry later or pass --wait",
                     path.display()
                 )));
             }
             tracing::info!("waiting for lock {} held by pid {holder}", path.display());
-            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::io("locking", &path, errno(e)))?
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| Error::io("locking", &path, errno(e)))?
         }
         Err((_, e)) => return Err(Error::io("locking", &path, errno(e))),
     };

@@ -62,7 +62,9 @@ pub fn check_repo(name: &str) -> Result<(), String> {
     let comps: Vec<&str> = name.split('/').collect();
     for (i, c) in comps.iter().enumerate() {
         if c.is_empty() {
-            return Err("the name has an empty path component (leading, trailing or double '/')".into());
+            return Err(
+                "the name has an empty path component (leading, trailing or double '/')".into(),
+            );
         }
         let as_domain = i == 0 && comps.len() > 1 && domain_re().is_match(c);
         if !as_domain && !is_path_component(c) {
@@ -78,7 +80,10 @@ fn component_hint(c: &str) -> &'static str {
         "has upper-case letters (only a leading registry domain may)"
     } else if c.starts_with(['.', '_', '-']) || c.ends_with(['.', '_', '-']) {
         "starts or ends with a separator ('.', '_', '-')"
-    } else if c.chars().any(|ch| !matches!(ch, 'a'..='z' | '0'..='9' | '.' | '_' | '-')) {
+    } else if c
+        .chars()
+        .any(|ch| !matches!(ch, 'a'..='z' | '0'..='9' | '.' | '_' | '-'))
+    {
         "has characters other than a-z, 0-9, '.', '_' and '-'"
     } else {
         "has separators in a row that the grammar forbids ('..', '___', '._')"
@@ -174,7 +179,16 @@ mod tests {
 
     #[test]
     fn valid_tags() {
-        for t in ["v1.0.0", "_tag", "Uppercase", "latest", "1", "a-b_c.d", "sha256-abc.sig", "__"] {
+        for t in [
+            "v1.0.0",
+            "_tag",
+            "Uppercase",
+            "latest",
+            "1",
+            "a-b_c.d",
+            "sha256-abc.sig",
+            "__",
+        ] {
             assert_eq!(check_tag(t), Ok(()), "{t}");
         }
         assert!(check_tag(&"a".repeat(128)).is_ok());
@@ -182,7 +196,17 @@ mod tests {
 
     #[test]
     fn invalid_tags() {
-        for t in [".tag", "-tag", "a/b", "invalid~tag", "", "a b", "a:b", "a@b", "é"] {
+        for t in [
+            ".tag",
+            "-tag",
+            "a/b",
+            "invalid~tag",
+            "",
+            "a b",
+            "a:b",
+            "a@b",
+            "é",
+        ] {
             assert!(check_tag(t).is_err(), "{t} should be invalid");
         }
         assert!(check_tag(&"a".repeat(129)).is_err());
@@ -191,7 +215,9 @@ mod tests {
     #[test]
     fn errors_say_what_is_wrong() {
         assert!(check_repo("Foo/FarB").unwrap_err().contains("'FarB'"));
-        assert!(check_repo("a//b").unwrap_err().contains("empty path component"));
+        assert!(check_repo("a//b")
+            .unwrap_err()
+            .contains("empty path component"));
         assert!(check_repo("localhost:5000/x").unwrap_err().contains("':'"));
         assert!(check_tag("-x").unwrap_err().contains("start"));
     }

@@ -69,7 +69,11 @@ pub struct Plan {
 impl Plan {
     /// Number of tag removals and repository removals.
     pub fn counts(&self) -> (usize, usize) {
-        let repos = self.removals.iter().filter(|r| matches!(r.what, What::Repository { .. })).count();
+        let repos = self
+            .removals
+            .iter()
+            .filter(|r| matches!(r.what, What::Repository { .. }))
+            .count();
         (self.removals.len() - repos, repos)
     }
 }
@@ -85,24 +89,35 @@ pub fn plan(inv: &Inventory, req: &Request, _now: SystemTime) -> Plan {
             Some(name) => match inv.repos.binary_search_by(|r| r.name.as_str().cmp(name)) {
                 Ok(i) => vec![&inv.repos[i]],
                 Err(_) => {
-                    out.missing.push(Missing { target: text, reason: missing_repo_reason(inv, name) });
+                    out.missing.push(Missing {
+                        target: text,
+                        reason: missing_repo_reason(inv, name),
+                    });
                     continue;
                 }
             },
-            None => inv.repos.iter().filter(|r| t.repo.matches(&r.name)).collect(),
+            None => inv
+                .repos
+                .iter()
+                .filter(|r| t.repo.matches(&r.name))
+                .collect(),
         };
         let mut matched = false;
         for repo in repos {
             match &t.tag {
                 None => {
                     matched = true;
-                    chosen.entry((repo.name.clone(), None)).or_insert_with(|| text.clone());
+                    chosen
+                        .entry((repo.name.clone(), None))
+                        .or_insert_with(|| text.clone());
                 }
                 Some(tm) => match tm.literal() {
                     Some(tag) => {
                         if repo.tag(tag).is_some() {
                             matched = true;
-                            chosen.entry((repo.name.clone(), Some(tag.to_string()))).or_insert_with(|| text.clone());
+                            chosen
+                                .entry((repo.name.clone(), Some(tag.to_string())))
+                                .or_insert_with(|| text.clone());
                         } else if t.repo.literal().is_some() {
                             out.missing.push(Missing {
                                 target: text.clone(),
@@ -114,7 +129,9 @@ pub fn plan(inv: &Inventory, req: &Request, _now: SystemTime) -> Plan {
                     None => {
                         for tag in repo.tags.iter().filter(|x| tm.matches(&x.name)) {
                             matched = true;
-                            chosen.entry((repo.name.clone(), Some(tag.name.clone()))).or_insert_with(|| text.clone());
+                            chosen
+                                .entry((repo.name.clone(), Some(tag.name.clone())))
+                                .or_insert_with(|| text.clone());
                         }
                     }
                 },
@@ -125,9 +142,14 @@ pub fn plan(inv: &Inventory, req: &Request, _now: SystemTime) -> Plan {
         }
     }
     for ((repo_name, tag), reason) in &chosen {
-        let repo = &inv.repos[inv.repos.binary_search_by(|r| r.name.as_str().cmp(repo_name)).expect("chosen from inventory")];
+        let repo = &inv.repos[inv
+            .repos
+            .binary_search_by(|r| r.name.as_str().cmp(repo_name))
+            .expect("chosen from inventory")];
         let what = match tag {
-            None => What::Repository { tags: repo.tags.len() },
+            None => What::Repository {
+                tags: repo.tags.len(),
+            },
             Some(tag) => {
                 if chosen.contains_key(&(repo_name.clone(), None)) {
                     continue; // the whole repository goes anyway
@@ -138,15 +160,29 @@ pub fn plan(inv: &Inventory, req: &Request, _now: SystemTime) -> Plan {
                 }
             }
         };
-        out.removals.push(Removal { repo: repo_name.clone(), what, reason: reason.clone() });
+        out.removals.push(Removal {
+            repo: repo_name.clone(),
+            what,
+            reason: reason.clone(),
+        });
     }
-    out.removals.sort_by(|a, b| (&a.repo, matches!(a.what, What::Tag { .. }), &a.what).cmp(&(&b.repo, matches!(b.what, What::Tag { .. }), &b.what)));
+    out.removals.sort_by(|a, b| {
+        (&a.repo, matches!(a.what, What::Tag { .. }), &a.what).cmp(&(
+            &b.repo,
+            matches!(b.what, What::Tag { .. }),
+            &b.what,
+        ))
+    });
     out
 }
 
 fn missing_repo_reason(inv: &Inventory, name: &str) -> String {
     let prefix = format!("{name}/");
-    let nested = inv.repos.iter().filter(|r| r.name.starts_with(&prefix)).count();
+    let nested = inv
+        .repos
+        .iter()
+        .filter(|r| r.name.starts_with(&prefix))
+        .count();
     if nested > 0 {
         format!(
             "'{name}' is not a repository, only the parent of {nested} nested repositories (to remove those, name '{name}/**')"
@@ -174,7 +210,12 @@ mod tests {
             has_tags_dir: true,
             tags: tags
                 .iter()
-                .map(|(t, m)| Tag { name: t.to_string(), current: Link::Ok(d(*m)), pushed: None, history: vec![d(*m)] })
+                .map(|(t, m)| Tag {
+                    name: t.to_string(),
+                    current: Link::Ok(d(*m)),
+                    pushed: None,
+                    history: vec![d(*m)],
+                })
                 .collect(),
             ..Repo::default()
         }
@@ -189,7 +230,10 @@ mod tests {
             repo("other/x/deep", &[("v1", 7)]),
         ];
         repos.sort_by(|a, b| a.name.cmp(&b.name));
-        Inventory { repos, oddities: vec![] }
+        Inventory {
+            repos,
+            oddities: vec![],
+        }
     }
 
     fn run(targets: &[&str]) -> Plan {
@@ -212,7 +256,13 @@ mod tests {
         let p = run(&["app:pr-1"]);
         assert_eq!(summary(&p), ["app:pr-1"]);
         assert!(p.missing.is_empty() && p.unmatched.is_empty());
-        assert_eq!(p.removals[0].what, What::Tag { name: "pr-1".into(), manifest: Some(d(1)) });
+        assert_eq!(
+            p.removals[0].what,
+            What::Tag {
+                name: "pr-1".into(),
+                manifest: Some(d(1))
+            }
+        );
     }
 
     #[test]
@@ -234,14 +284,24 @@ mod tests {
         let p = run(&["team"]);
         assert!(p.removals.is_empty());
         assert_eq!(p.missing.len(), 1);
-        assert!(p.missing[0].reason.contains("team/**"), "{}", p.missing[0].reason);
+        assert!(
+            p.missing[0].reason.contains("team/**"),
+            "{}",
+            p.missing[0].reason
+        );
     }
 
     #[test]
     fn patterns_select_by_depth() {
         assert_eq!(summary(&run(&["team/*"])), ["team/app", "team/web"]);
-        assert_eq!(summary(&run(&["team/**"])), ["team/app", "team/app/api", "team/web"]);
-        assert_eq!(summary(&run(&["team/**:v1"])), ["team/app:v1", "team/app/api:v1", "team/web:v1"]);
+        assert_eq!(
+            summary(&run(&["team/**"])),
+            ["team/app", "team/app/api", "team/web"]
+        );
+        assert_eq!(
+            summary(&run(&["team/**:v1"])),
+            ["team/app:v1", "team/app/api:v1", "team/web:v1"]
+        );
         assert_eq!(summary(&run(&["app:pr-*"])), ["app:pr-1", "app:pr-2"]);
     }
 

@@ -39,7 +39,8 @@ pub struct Report {
 impl Report {
     /// The exit code for this report under the missing-target policy.
     pub fn exit(&self, missing_fails: bool) -> Exit {
-        let failed = self.removals.iter().any(|o| o.error.is_some()) || !self.deleted.errors.is_empty();
+        let failed =
+            self.removals.iter().any(|o| o.error.is_some()) || !self.deleted.errors.is_empty();
         if failed || (missing_fails && !self.missing.is_empty()) {
             Exit::Failed
         } else {
@@ -55,7 +56,11 @@ impl Report {
     /// The human form.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let verb = if self.dry_run { "would remove" } else { "removed" };
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
         let done = if self.dry_run { "to remove" } else { "removed" };
         let mut last_repo = "";
         for o in &self.removals {
@@ -69,7 +74,9 @@ impl Report {
                     Some(d) => format!("tag {name} ({})", short(&d.to_string())),
                     None => format!("tag {name}"),
                 },
-                What::Repository { tags } => format!("repository ({tags} tags; nested repositories kept)"),
+                What::Repository { tags } => {
+                    format!("repository ({tags} tags; nested repositories kept)")
+                }
             };
             match &o.error {
                 None => {
@@ -87,14 +94,30 @@ impl Report {
             let _ = writeln!(s, "pattern '{u}' matched nothing");
         }
         if self.leftover_trash_runs > 0 {
-            let what = if self.dry_run { "would be emptied by the next run" } else { "emptied" };
-            let _ = writeln!(s, "trash left by {} interrupted run(s): {what}", self.leftover_trash_runs);
+            let what = if self.dry_run {
+                "would be emptied by the next run"
+            } else {
+                "emptied"
+            };
+            let _ = writeln!(
+                s,
+                "trash left by {} interrupted run(s): {what}",
+                self.leftover_trash_runs
+            );
         }
         for e in &self.deleted.errors {
             let _ = writeln!(s, "error: {e}");
         }
-        let tags = self.removals.iter().filter(|o| o.error.is_none() && matches!(o.removal.what, What::Tag { .. })).count();
-        let repos = self.removals.iter().filter(|o| o.error.is_none() && matches!(o.removal.what, What::Repository { .. })).count();
+        let tags = self
+            .removals
+            .iter()
+            .filter(|o| o.error.is_none() && matches!(o.removal.what, What::Tag { .. }))
+            .count();
+        let repos = self
+            .removals
+            .iter()
+            .filter(|o| o.error.is_none() && matches!(o.removal.what, What::Repository { .. }))
+            .count();
         let failed = self.removals.iter().filter(|o| o.error.is_some()).count();
         let _ = write!(
             s,
@@ -111,9 +134,18 @@ impl Report {
                 let _ = write!(s, " ({} in uploads)", human_bytes(self.deleted.bytes));
             }
         }
-        let _ = writeln!(s, " in {} ({}).", self.root, root_source_text(self.root_source));
+        let _ = writeln!(
+            s,
+            " in {} ({}).",
+            self.root,
+            root_source_text(self.root_source)
+        );
         if !self.oddities.is_empty() {
-            let _ = writeln!(s, "note: {} odd entries in the store were left untouched (-v lists them)", self.oddities.len());
+            let _ = writeln!(
+                s,
+                "note: {} odd entries in the store were left untouched (-v lists them)",
+                self.oddities.len()
+            );
         }
         s
     }

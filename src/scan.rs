@@ -130,7 +130,11 @@ struct Sink {
 
 impl Sink {
     fn odd(&self, kind: OddKind, path: String, detail: impl Into<String>) {
-        let o = Oddity { kind, path, detail: detail.into() };
+        let o = Oddity {
+            kind,
+            path,
+            detail: detail.into(),
+        };
         self.odd.lock().unwrap().push(o);
     }
 
@@ -175,7 +179,11 @@ fn walk<'s>(s: &rayon::Scope<'s>, mut dir: DirFd, name: String, sink: &'s Sink) 
     let mut is_repo = false;
     for ent in entries {
         let Some(n) = ent.name_str().map(str::to_owned) else {
-            sink.odd(OddKind::InvalidName, rel(&name, &ent.name.to_string_lossy()), "name is not UTF-8");
+            sink.odd(
+                OddKind::InvalidName,
+                rel(&name, &ent.name.to_string_lossy()),
+                "name is not UTF-8",
+            );
             continue;
         };
         let path = rel(&name, &n);
@@ -268,7 +276,11 @@ fn scan_links(dir: &DirFd, sub: &str, label: &str, sink: &Sink) -> Vec<Digest> {
                 return None;
             }
             _ => {
-                sink.odd(OddKind::UnexpectedEntry, path(), "expected a digest directory");
+                sink.odd(
+                    OddKind::UnexpectedEntry,
+                    path(),
+                    "expected a digest directory",
+                );
                 return None;
             }
         }
@@ -281,10 +293,18 @@ fn scan_links(dir: &DirFd, sub: &str, label: &str, sink: &Sink) -> Vec<Digest> {
             Ok(st) => {
                 let kind = crate::fsx::kind_of_mode(st.st_mode);
                 if kind == Kind::Symlink {
-                    sink.odd(OddKind::Symlink, path() + "/link", "symbolic link (never followed)");
+                    sink.odd(
+                        OddKind::Symlink,
+                        path() + "/link",
+                        "symbolic link (never followed)",
+                    );
                     None
                 } else if kind != Kind::File || st.st_size as usize != LINK_LEN {
-                    let what = if st.st_size == 0 { "empty link file" } else { "link file is not 71 bytes" };
+                    let what = if st.st_size == 0 {
+                        "empty link file"
+                    } else {
+                        "link file is not 71 bytes"
+                    };
                     sink.odd(OddKind::MalformedLink, path() + "/link", what);
                     None
                 } else {
@@ -292,7 +312,11 @@ fn scan_links(dir: &DirFd, sub: &str, label: &str, sink: &Sink) -> Vec<Digest> {
                 }
             }
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                sink.odd(OddKind::MissingLink, path(), "digest directory without a link file");
+                sink.odd(
+                    OddKind::MissingLink,
+                    path(),
+                    "digest directory without a link file",
+                );
                 None
             }
             Err(e) => {
@@ -328,8 +352,14 @@ fn scan_manifests(mut m: DirFd, repo: &mut Repo, sink: &Sink) {
                     Err(e) => sink.err(path, e),
                 }
             }
-            (Kind::Symlink, _) => sink.odd(OddKind::Symlink, path, "symbolic link (never followed)"),
-            _ => sink.odd(OddKind::UnexpectedEntry, path, "unexpected entry in _manifests"),
+            (Kind::Symlink, _) => {
+                sink.odd(OddKind::Symlink, path, "symbolic link (never followed)")
+            }
+            _ => sink.odd(
+                OddKind::UnexpectedEntry,
+                path,
+                "unexpected entry in _manifests",
+            ),
         }
     }
 }
@@ -393,7 +423,11 @@ fn read_tag(tags: &DirFd, n: &str, path: &str, sink: &Sink) -> Result<Tag> {
                 let cur = dir.sub("current")?;
                 match cur.stat("link") {
                     Ok(st) if crate::fsx::kind_of_mode(st.st_mode) == Kind::Symlink => {
-                        sink.odd(OddKind::Symlink, epath + "/link", "symbolic link (never followed)");
+                        sink.odd(
+                            OddKind::Symlink,
+                            epath + "/link",
+                            "symbolic link (never followed)",
+                        );
                         tag.current = Link::Malformed;
                     }
                     Ok(st) => {
@@ -401,22 +435,33 @@ fn read_tag(tags: &DirFd, n: &str, path: &str, sink: &Sink) -> Result<Tag> {
                         let bytes = cur.read_small("link", LINK_LEN)?;
                         tag.current = Link::from_content(&bytes);
                         if tag.current.digest().is_none() {
-                            sink.odd(OddKind::MalformedLink, epath + "/link", "tag link is empty or malformed");
+                            sink.odd(
+                                OddKind::MalformedLink,
+                                epath + "/link",
+                                "tag link is empty or malformed",
+                            );
                         }
                     }
-                    Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }
             (Kind::Dir, "index") => {
                 tag.history = scan_links(&dir, "index", &epath, sink);
             }
-            (Kind::Symlink, _) => sink.odd(OddKind::Symlink, epath, "symbolic link (never followed)"),
+            (Kind::Symlink, _) => {
+                sink.odd(OddKind::Symlink, epath, "symbolic link (never followed)")
+            }
             _ => sink.odd(OddKind::UnexpectedEntry, epath, "unexpected entry in a tag"),
         }
     }
     if tag.current == Link::Missing {
-        sink.odd(OddKind::MissingLink, path.to_string(), "tag without current/link");
+        sink.odd(
+            OddKind::MissingLink,
+            path.to_string(),
+            "tag without current/link",
+        );
     }
     Ok(tag)
 }

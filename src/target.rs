@@ -112,12 +112,17 @@ fn repo_matcher(text: &str) -> Result<Matcher, String> {
         return Ok(Matcher::Literal(text.to_string()));
     }
     if text.len() > names::MAX_NAME_LEN {
-        return Err(format!("the pattern is longer than {} characters", names::MAX_NAME_LEN));
+        return Err(format!(
+            "the pattern is longer than {} characters",
+            names::MAX_NAME_LEN
+        ));
     }
     let mut comps: Vec<&str> = Vec::new();
     for c in text.split('/') {
         if c.is_empty() {
-            return Err("the pattern has an empty path component (leading, trailing or double '/')".into());
+            return Err(
+                "the pattern has an empty path component (leading, trailing or double '/')".into(),
+            );
         }
         if c == "**" && comps.last() == Some(&"**") {
             continue; // `**/**` means the same as `**`
@@ -131,7 +136,11 @@ fn repo_matcher(text: &str) -> Result<Matcher, String> {
     for (i, c) in comps.iter().enumerate() {
         if *c == "**" {
             if i + 1 == n {
-                re.push_str(if i == 0 { "[^/]+(?:/[^/]+)*" } else { "(?:/[^/]+)+" });
+                re.push_str(if i == 0 {
+                    "[^/]+(?:/[^/]+)*"
+                } else {
+                    "(?:/[^/]+)+"
+                });
             } else {
                 if !slash_done {
                     re.push('/');
@@ -142,25 +151,32 @@ fn repo_matcher(text: &str) -> Result<Matcher, String> {
             continue;
         }
         if c.contains("**") {
-            return Err(format!("'**' must be a whole path component, not part of '{c}'"));
+            return Err(format!(
+                "'**' must be a whole path component, not part of '{c}'"
+            ));
         }
         if !slash_done {
             re.push('/');
         }
         slash_done = false;
         if has_glob(c) {
-            if let Some(bad) = c.chars().find(|ch| {
-                !matches!(ch, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' | '*' | '?')
-            }) {
-                return Err(format!("character '{bad}' cannot appear in a repository name"));
+            if let Some(bad) = c.chars().find(
+                |ch| !matches!(ch, 'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' | '*' | '?'),
+            ) {
+                return Err(format!(
+                    "character '{bad}' cannot appear in a repository name"
+                ));
             }
             re.push_str(&glob_to_regex(c, "[^/]"));
         } else {
             let first_of_many = i == 0 && n > 1;
-            let valid = names::is_path_component(c) || (first_of_many && names::check_repo(&format!("{c}/x")).is_ok());
+            let valid = names::is_path_component(c)
+                || (first_of_many && names::check_repo(&format!("{c}/x")).is_ok());
             if !valid {
                 // Reuse the full-name check for its explanation.
-                return Err(names::check_repo(c).err().unwrap_or_else(|| format!("component '{c}' is not valid")));
+                return Err(names::check_repo(c)
+                    .err()
+                    .unwrap_or_else(|| format!("component '{c}' is not valid")));
             }
             re.push_str(&regex::escape(c));
         }
@@ -231,8 +247,20 @@ mod tests {
     #[test]
     fn invalid_targets_are_rejected() {
         for s in [
-            "", ":v1", "app:", "Foo/FarB", "app:.tag", "app:a:b", "localhost:5000/app:v1",
-            "app@sha256:abcd", "a//b", "team/a**", "app:a/b", "team/*/", "/team", "app:a~*",
+            "",
+            ":v1",
+            "app:",
+            "Foo/FarB",
+            "app:.tag",
+            "app:a:b",
+            "localhost:5000/app:v1",
+            "app@sha256:abcd",
+            "a//b",
+            "team/a**",
+            "app:a/b",
+            "team/*/",
+            "/team",
+            "app:a~*",
             "te am/*",
         ] {
             assert!(Target::parse(s).is_err(), "{s} should be rejected");

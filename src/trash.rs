@@ -75,10 +75,18 @@ impl Trash {
                 same_fs_as.path().display()
             )));
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let run_name = format!("{}-{}", now.as_secs(), std::process::id());
         let run = all.ensure_sub(&run_name)?;
-        Ok(Trash { all, run, run_name, dev, seq: AtomicU64::new(0) })
+        Ok(Trash {
+            all,
+            run,
+            run_name,
+            dev,
+            seq: AtomicU64::new(0),
+        })
     }
 
     /// Moves `name` out of `dir` into the trash, atomically. `label` ends the trash entry's
@@ -143,7 +151,11 @@ pub fn empty_trash(all: &DirFd, dev: u64, keep: Option<&str>) -> Deleted {
         let parts: Vec<Deleted> = entries
             .par_iter()
             .map(|e| {
-                let m = if e.name.to_string_lossy().ends_with(".uploads") { Measure::Bytes } else { Measure::Count };
+                let m = if e.name.to_string_lossy().ends_with(".uploads") {
+                    Measure::Bytes
+                } else {
+                    Measure::Count
+                };
                 remove_entry(&rd, &e.name, e.kind, dev, m)
             })
             .collect();
@@ -177,7 +189,10 @@ pub fn remove_entry(parent: &DirFd, name: &OsStr, kind: Kind, dev: u64, m: Measu
     }
     let mut dir = match parent.sub(name) {
         Ok(d) => d,
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(nix::errno::Errno::ENOTDIR as i32) || source.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+        Err(Error::Io { source, .. })
+            if source.raw_os_error() == Some(nix::errno::Errno::ENOTDIR as i32)
+                || source.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) =>
+        {
             // Replaced by a file or a symlink since it was listed: unlink that, follow nothing.
             unlink_counted(parent, name, Kind::File, m, &mut out);
             return out;
@@ -215,15 +230,21 @@ pub fn remove_entry(parent: &DirFd, name: &OsStr, kind: Kind, dev: u64, m: Measu
     // Subdirectories in parallel: unlink is dominated by per-directory kernel work, so two
     // directories at once use both cores where one would wait.
     let sub: Vec<Deleted> = if dirs.len() > 1 {
-        dirs.par_iter().map(|d| remove_entry(&dir, &d.name, Kind::Dir, dev, m)).collect()
+        dirs.par_iter()
+            .map(|d| remove_entry(&dir, &d.name, Kind::Dir, dev, m))
+            .collect()
     } else {
-        dirs.iter().map(|d| remove_entry(&dir, &d.name, Kind::Dir, dev, m)).collect()
+        dirs.iter()
+            .map(|d| remove_entry(&dir, &d.name, Kind::Dir, dev, m))
+            .collect()
     };
     sub.into_iter().for_each(|s| out.add(s));
     drop(dir);
     match nix::unistd::unlinkat(parent.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir) {
         Ok(()) => out.dirs += 1,
-        Err(e) => out.errors.push(Error::io("removing directory", parent.child_path(name), errno(e)).to_string()),
+        Err(e) => out
+            .errors
+            .push(Error::io("removing directory", parent.child_path(name), errno(e)).to_string()),
     }
     out
 }

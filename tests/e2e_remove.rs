@@ -37,12 +37,19 @@ fn removes_tags_and_repositories_while_the_registry_serves_and_everything_else_s
     r.assert_pull(&["app:v1", "app:v2", "multi:v1", "list:v1", "team/app/api:v1"]);
     // The nested repository survives its parent's removal; the parent leaves the catalog.
     assert_eq!(r.catalog(), ["app", "list", "multi", "team/app/api"]);
-    assert!(!repo_path(&r.root, "old").exists(), "empty parent directories go");
+    assert!(
+        !repo_path(&r.root, "old").exists(),
+        "empty parent directories go"
+    );
     assert!(!repo_path(&r.root, "team/app/_manifests").exists());
     assert!(repo_path(&r.root, "team/app/api/_manifests").exists());
     // Nothing of regclean's lies under repositories/ or blobs/.
     let trash = r.root.join(".regclean/trash");
-    assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0, "trash emptied");
+    assert_eq!(
+        std::fs::read_dir(&trash).unwrap().count(),
+        0,
+        "trash emptied"
+    );
 }
 
 #[test]
@@ -54,8 +61,14 @@ fn last_tag_removal_keeps_the_repository_and_its_tags_dir() {
     let o = r.regclean(&["old/repo:v1"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     r.assert_gone(&["old/repo:v1"]);
-    assert!(repo_path(&r.root, "old/repo/_manifests/tags").is_dir(), "tags/ itself stays");
-    assert!(repo_path(&r.root, "old/repo/_layers").is_dir(), "the repository stays");
+    assert!(
+        repo_path(&r.root, "old/repo/_manifests/tags").is_dir(),
+        "tags/ itself stays"
+    );
+    assert!(
+        repo_path(&r.root, "old/repo/_layers").is_dir(),
+        "the repository stays"
+    );
     assert!(r.catalog().contains(&"old/repo".to_string()));
     // The registry accepts a new push to the same repository afterwards.
     r.push(&oci_image(&[b"again"]), "old/repo:v2");
@@ -76,7 +89,11 @@ fn missing_targets_fail_unless_ignored_and_a_dry_run_changes_nothing() {
 
     let o = r.regclean(&["app:nosuch", "app:pr-1"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("app:nosuch"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("app:nosuch"),
+        "{}",
+        text(&o)
+    );
     r.assert_gone(&["app:pr-1"]); // the other target was still processed
     let o = r.regclean(&["--ignore-missing", "app:pr-1"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

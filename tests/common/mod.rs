@@ -61,8 +61,15 @@ pub fn genstore(out: &Path, args: &[&str]) {
 pub fn fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
-    let st = Command::new("cp").arg("-a").arg(&src).arg(&root).status().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&root)
+        .status()
+        .unwrap();
     assert!(st.success());
     write_config(tmp.path(), &root, "127.0.0.1:1");
     (tmp, root)
@@ -78,14 +85,23 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         if rel.starts_with(".regclean") {
             continue;
         }
         let content = if e.file_type().is_file() {
             std::fs::read(e.path()).unwrap()
         } else if e.file_type().is_symlink() {
-            std::fs::read_link(e.path()).unwrap().to_string_lossy().as_bytes().to_vec()
+            std::fs::read_link(e.path())
+                .unwrap()
+                .to_string_lossy()
+                .as_bytes()
+                .to_vec()
         } else {
             b"<dir>".to_vec()
         };
@@ -108,7 +124,15 @@ pub fn write_config(dir: &Path, root: &Path, addr: &str) -> PathBuf {
 /// Are the real registry and skopeo here? If not, the test fails — unless
 /// `REGCLEAN_ALLOW_SKIP_E2E=1` explicitly allows skipping (never set in `.ci/run`).
 pub fn e2e_available() -> bool {
-    let have = |b: &str| Command::new("sh").arg("-c").arg(format!("command -v {b}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    let have = |b: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {b}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
     if have("docker-registry") && have("skopeo") {
         return true;
     }
@@ -129,7 +153,11 @@ pub struct Registry {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Registry {
@@ -140,7 +168,13 @@ impl Registry {
         std::fs::create_dir_all(&root).unwrap();
         let port = free_port();
         let config = write_config(tmp.path(), &root, &format!("127.0.0.1:{port}"));
-        let mut r = Registry { tmp, root, config, port, child: None };
+        let mut r = Registry {
+            tmp,
+            root,
+            config,
+            port,
+            child: None,
+        };
         r.serve(&[]);
         r
     }
@@ -150,7 +184,10 @@ impl Registry {
         self.stop();
         let log = std::fs::File::create(self.tmp.path().join("registry.log")).unwrap();
         let mut c = Command::new("docker-registry");
-        c.arg("serve").arg(&self.config).stdout(log.try_clone().unwrap()).stderr(log);
+        c.arg("serve")
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -162,13 +199,19 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("registry did not start: {}", std::fs::read_to_string(self.tmp.path().join("registry.log")).unwrap_or_default());
+        panic!(
+            "registry did not start: {}",
+            std::fs::read_to_string(self.tmp.path().join("registry.log")).unwrap_or_default()
+        );
     }
 
     /// Stops the registry (SIGTERM, then wait).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = c.wait();
         }
     }
@@ -185,8 +228,15 @@ impl Registry {
         write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json\r\n\r\n")?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
-        let status = buf.split(' ').nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-        let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        let status = buf
+            .split(' ')
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
         Ok((status, body))
     }
 
@@ -194,7 +244,12 @@ impl Registry {
     pub fn catalog(&self) -> Vec<String> {
         let (_, body) = self.get("/v2/_catalog?n=1000").unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let mut r: Vec<String> = v["repositories"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+        let mut r: Vec<String> = v["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
         r.sort();
         r
     }
@@ -206,7 +261,13 @@ impl Registry {
     /// Pushes an image directory (skopeo `dir:` layout) to `repo:tag`.
     pub fn push(&self, img: &ImageDir, reference: &str) {
         let o = Command::new("skopeo")
-            .args(["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", "-q"])
+            .args([
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                "-q",
+            ])
             .arg(format!("dir:{}", img.dir.display()))
             .arg(self.image_ref(reference))
             .output()
@@ -250,7 +311,14 @@ impl Registry {
 
     /// Runs regclean on this registry's store and config.
     pub fn regclean(&self, args: &[&str]) -> Output {
-        regclean().arg("--root").arg(&self.root).arg("--config").arg(&self.config).args(args).output().unwrap()
+        regclean()
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
     }
 }
 
@@ -277,7 +345,13 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 
 /// sha256 of data as `sha256:<hex>`.
 pub fn sha(data: &[u8]) -> String {
-    format!("sha256:{}", Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "sha256:{}",
+        Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }
 
 /// Builds images into a `dir:` layout.
@@ -293,12 +367,20 @@ impl Builder {
         let dir = tmp.path().join("img");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("version"), "Directory Transport Version: 1.1\n").unwrap();
-        Builder { tmp, dir, blobs: Vec::new() }
+        Builder {
+            tmp,
+            dir,
+            blobs: Vec::new(),
+        }
     }
 
     fn blob(&mut self, data: &[u8], manifest: bool) -> String {
         let d = sha(data);
-        let name = if manifest { format!("{}.manifest.json", &d[7..]) } else { d[7..].to_string() };
+        let name = if manifest {
+            format!("{}.manifest.json", &d[7..])
+        } else {
+            d[7..].to_string()
+        };
         std::fs::write(self.dir.join(name), data).unwrap();
         self.blobs.push(d.clone());
         d
@@ -308,17 +390,31 @@ impl Builder {
     /// and the given layer contents. Returns the manifest JSON (not yet written as top).
     pub fn image(&mut self, arch: &str, layers: &[&[u8]], docker: bool) -> String {
         let (mt, cmt, lmt) = if docker {
-            (DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json", "application/vnd.docker.image.rootfs.diff.tar.gzip")
+            (
+                DOCKER_MANIFEST,
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            )
         } else {
-            (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar")
+            (
+                OCI_MANIFEST,
+                "application/vnd.oci.image.config.v1+json",
+                "application/vnd.oci.image.layer.v1.tar",
+            )
         };
-        let cfg = format!(r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"n":"{}"}}"#, self.blobs.len());
+        let cfg = format!(
+            r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"n":"{}"}}"#,
+            self.blobs.len()
+        );
         let cd = self.blob(cfg.as_bytes(), false);
         let ls: Vec<String> = layers
             .iter()
             .map(|l| {
                 let d = self.blob(l, false);
-                format!(r#"{{"mediaType":"{lmt}","digest":"{d}","size":{}}}"#, l.len())
+                format!(
+                    r#"{{"mediaType":"{lmt}","digest":"{d}","size":{}}}"#,
+                    l.len()
+                )
             })
             .collect();
         format!(
@@ -330,9 +426,16 @@ impl Builder {
 
     /// Adds a child manifest (for an index) and returns its descriptor JSON.
     pub fn child(&mut self, manifest: &str, arch: &str) -> String {
-        let mt = if manifest.contains(DOCKER_MANIFEST) { DOCKER_MANIFEST } else { OCI_MANIFEST };
+        let mt = if manifest.contains(DOCKER_MANIFEST) {
+            DOCKER_MANIFEST
+        } else {
+            OCI_MANIFEST
+        };
         let d = self.blob(manifest.as_bytes(), true);
-        format!(r#"{{"mediaType":"{mt}","digest":"{d}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#, manifest.len())
+        format!(
+            r#"{{"mediaType":"{mt}","digest":"{d}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#,
+            manifest.len()
+        )
     }
 
     /// Finishes with `top` as the image's top-level manifest.
@@ -340,7 +443,12 @@ impl Builder {
         std::fs::write(self.dir.join("manifest.json"), top).unwrap();
         let digest = sha(top.as_bytes());
         self.blobs.push(digest.clone());
-        ImageDir { tmp: self.tmp, dir: self.dir, digest, blobs: self.blobs }
+        ImageDir {
+            tmp: self.tmp,
+            dir: self.dir,
+            digest,
+            blobs: self.blobs,
+        }
     }
 }
 
@@ -362,6 +470,9 @@ pub fn multi_arch(docker: bool, shared: &[u8], salt: &str) -> ImageDir {
         kids.push(b.child(&m, arch));
     }
     let mt = if docker { DOCKER_LIST } else { OCI_INDEX };
-    let top = format!(r#"{{"schemaVersion":2,"mediaType":"{mt}","manifests":[{}]}}"#, kids.join(","));
+    let top = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{mt}","manifests":[{}]}}"#,
+        kids.join(",")
+    );
     b.finish(&top)
 }
