@@ -2,6 +2,7 @@
 
 use crate::apply;
 use crate::cli::{self, MissingPolicy, Mode, Output, Settings};
+use crate::collect;
 use crate::config::{self, Location};
 use crate::error::{Error, Result};
 use crate::exit::Exit;
@@ -178,12 +179,27 @@ pub fn run(settings: &Settings) -> Result<Report> {
         targets: settings.targets.clone(),
     };
     let plan = plan::plan(&inv, &request, SystemTime::now());
+    let dry = settings.mode == Mode::DryRun;
 
+    // Everything that can refuse does so here, before the first change.
+    let mut prep = collect::prepare(
+        &settings.gc,
+        dry,
+        &loc.root,
+        &store.v2,
+        repos_dir.as_ref(),
+        &inv,
+        &plan.removals,
+    )?;
+
+    let mut errors = Vec::new();
     let outcomes = match (trash, &repos_dir) {
         (Some(t), Some(r)) => {
             let o = apply::apply(r, &t, &plan.removals);
-            let d = t.finish();
-            deleted = merge(deleted, d);
+            if prep.run {
+                errors.extend(collect::apply_prune(r, &t, &prep.report.pruned));
+            }
+            deleted = merge(deleted, t.finish());
             o
         }
         _ => plan
@@ -198,17 +214,33 @@ pub fn run(settings: &Settings) -> Result<Report> {
     for m in &plan.missing {
         tracing::error!("missing target {}: {}", m.target, m.reason);
     }
+    if let (true, Some(bin), Some(state)) = (prep.run, prep.bin.clone(), &state) {
+        let cfg = collect::gc_config(
+            loc.config
+                .as_ref()
+                .filter(|c| c.yaml.get("version").is_some())
+                .map(|c| c.path.as_path()),
+            state,
+            &loc.root,
+        )?;
+        if let Err(e) = collect::collect(&settings.gc, &mut prep, &bin, &cfg, &loc.root, &store.v2)
+        {
+            errors.push(e.to_string());
+        }
+    }
     let mut report = Report {
         root: loc.root.display().to_string(),
         root_source: loc.root_source,
         config: loc.config.as_ref().map(|c| c.path.display().to_string()),
-        dry_run: settings.mode == Mode::DryRun,
+        dry_run: dry,
         removals: outcomes,
         missing: plan.missing,
         unmatched: plan.unmatched,
         leftover_trash_runs: leftover,
         deleted,
         oddities: inv.oddities,
+        gc: prep.report,
+        errors,
         exit_code: 0,
     };
     report.exit_code = report.exit(settings.missing == MissingPolicy::Fail).code();

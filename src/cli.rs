@@ -1,8 +1,10 @@
 //! The command line in two stages, as ripgrep does: [`Args`] is what the user typed (clap
 //! derive), [`Settings`] is what the pipeline receives — validated, with modes as enums.
 
+use crate::collect::{GcRequest, GcSettings, HazardPolicy, LivePolicy, Pruning};
 use crate::exit::Exit;
 use crate::lock::WaitMode;
+use crate::reach::Referrers;
 use crate::target::Target;
 use clap::Parser;
 use std::ffi::OsString;
@@ -17,10 +19,17 @@ TARGETS:
                 'app:pr-*'  'team/*'  'team/**'  '**/cache:tmp-*'  (quote them for the shell)
 
 EXIT CODES:
-  0  done (or nothing to do)
+  0  done (or nothing to do; collection deferred because a writable registry serves counts as done)
   1  something failed, or a named target did not exist (see --ignore-missing)
   2  invalid usage or input; nothing was changed
-  3  refused as unsafe; nothing was changed (lock held, non-filesystem storage driver, ...)
+  3  refused as unsafe; nothing was changed (lock held, non-filesystem storage driver, store
+     hazards, collection requested next to a writable serving registry)
+
+GARBAGE COLLECTION:
+  After removal regclean prunes untagged manifests itself (following indexes recursively,
+  keeping referrers of kept manifests) and runs the registry's own `garbage-collect` without
+  --delete-untagged, after checking its dry run against what remaining tags need. Next to a
+  writable serving registry this is deferred (exit 0) and the report says how to free the disk.
 
 ENVIRONMENT:
   REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY  storage root (as for the registry; --root wins)
@@ -70,6 +79,38 @@ pub struct Args {
     /// Print one JSON report on stdout instead of the human summary.
     #[arg(long)]
     pub json: bool,
+
+    /// Remove only: no pruning, no garbage collection (safe while the registry serves).
+    #[arg(long, conflicts_with = "gc_only")]
+    pub no_gc: bool,
+
+    /// No removal: prune untagged manifests and run the registry's garbage collector.
+    /// Refused (exit 3) while a writable registry serves the store.
+    #[arg(long)]
+    pub gc_only: bool,
+
+    /// Do not prune untagged manifests before collecting (their blobs then stay).
+    #[arg(long)]
+    pub keep_untagged: bool,
+
+    /// Also prune untagged referrers (signatures, SBOMs, attestations) of kept manifests.
+    #[arg(long, conflicts_with = "keep_untagged")]
+    pub prune_referrers: bool,
+
+    /// Collect despite store hazards (repositories invisible to GC, '_' files, malformed
+    /// links, missing manifest blobs): the registry may then delete live blobs or fail.
+    #[arg(long)]
+    pub allow_hazards: bool,
+
+    /// RISK OF DATA LOSS: prune and collect even though a writable registry serves this store;
+    /// layers of pushes running meanwhile can be deleted, leaving corrupt images.
+    #[arg(long)]
+    pub gc_while_serving: bool,
+
+    /// The registry binary that runs garbage-collect.
+    /// [default: /bin/registry, else registry, else docker-registry on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub registry_bin: Option<PathBuf>,
 
     /// More logs on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -126,6 +167,8 @@ pub struct Settings {
     pub output: Output,
     /// Default log filter (`RUST_LOG` overrides it).
     pub log_filter: &'static str,
+    /// The gc stage.
+    pub gc: GcSettings,
 }
 
 /// Parses the command line. On `--help`/`--version` or a usage error, prints and returns the
@@ -160,9 +203,11 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             Err(why) => errors.push(format!("invalid target '{t}': {why}")),
         }
     }
-    if args.targets.is_empty() {
-        errors
-            .push("nothing to do: name at least one TARGET (REPO or REPO:TAG); see --help".into());
+    if args.targets.is_empty() && !args.gc_only {
+        errors.push("nothing to do: name at least one TARGET (REPO or REPO:TAG), or pass --gc-only; see --help".into());
+    }
+    if !args.targets.is_empty() && args.gc_only {
+        errors.push("--gc-only removes nothing: drop the TARGETs, or drop --gc-only".into());
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -197,6 +242,34 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             (false, 1) => "info",
             (false, _) => "debug",
         },
+        gc: GcSettings {
+            request: match (args.no_gc, args.gc_only) {
+                (true, _) => GcRequest::Skip,
+                (_, true) => GcRequest::Only,
+                _ => GcRequest::Auto,
+            },
+            pruning: if args.keep_untagged {
+                Pruning::Keep
+            } else {
+                Pruning::Untagged
+            },
+            referrers: if args.prune_referrers {
+                Referrers::Prune
+            } else {
+                Referrers::Keep
+            },
+            hazards: if args.allow_hazards {
+                HazardPolicy::Allow
+            } else {
+                HazardPolicy::Refuse
+            },
+            live: if args.gc_while_serving {
+                LivePolicy::Override
+            } else {
+                LivePolicy::Guard
+            },
+            registry_bin: args.registry_bin,
+        },
     })
 }
 
@@ -219,6 +292,8 @@ mod tests {
     #[test]
     fn no_target_is_a_usage_error() {
         assert!(resolve(args(&[])).is_err());
+        assert!(resolve(args(&["--gc-only"])).is_ok());
+        assert!(resolve(args(&["--gc-only", "app"])).is_err());
     }
 
     #[test]

@@ -1,20 +1,27 @@
 //! regclean: the safe, fast, filesystem-native cleaner for the CNCF Distribution registry.
 //!
-//! Pipeline: [`cli`] → [`config`] → [`scan`] → [`plan`] → [`apply`] → [`report`], run by
-//! [`app`]. Policy is pure ([`plan`]); everything that touches the disk goes through
-//! [`fsx`] directory handles.
+//! Pipeline: [`cli`] → [`config`] → [`scan`] → [`plan`] → [`apply`] → [`collect`] →
+//! [`report`], run by [`app`]. Policy is pure ([`plan`], [`reach`]); everything that touches
+//! the disk goes through [`fsx`] directory handles.
 
 pub mod app;
 pub mod apply;
+pub mod blobs;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod digest;
 pub mod error;
 pub mod exit;
 pub mod fsx;
+pub mod gc;
+pub mod hazard;
+pub mod live;
 pub mod lock;
+pub mod manifest;
 pub mod names;
 pub mod plan;
+pub mod reach;
 pub mod report;
 pub mod scan;
 pub mod target;

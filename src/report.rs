@@ -1,6 +1,7 @@
 //! The report: one summary of the run, printed as text or as one JSON object on stdout.
 
 use crate::apply::Outcome;
+use crate::collect::{GcReport, GcStatus};
 use crate::config::RootSource;
 use crate::exit::Exit;
 use crate::plan::{Missing, What};
@@ -32,6 +33,10 @@ pub struct Report {
     pub deleted: Deleted,
     /// Odd entries found in the store (symlinks, malformed links, ...); never touched.
     pub oddities: Vec<Oddity>,
+    /// Pruning and garbage collection.
+    pub gc: GcReport,
+    /// Failures after the plan was made (pruning, the registry's collector).
+    pub errors: Vec<String>,
     /// The exit code.
     pub exit_code: i32,
 }
@@ -140,6 +145,10 @@ impl Report {
             self.root,
             root_source_text(self.root_source)
         );
+        self.gc_text(&mut s);
+        for e in &self.errors {
+            let _ = writeln!(s, "error: {e}");
+        }
         if !self.oddities.is_empty() {
             let _ = writeln!(
                 s,
@@ -148,6 +157,56 @@ impl Report {
             );
         }
         s
+    }
+}
+
+impl Report {
+    fn gc_text(&self, s: &mut String) {
+        let g = &self.gc;
+        let manifests: usize = g.pruned.iter().map(|p| p.revisions.len()).sum();
+        let prune = if self.dry_run || g.status != GcStatus::Done {
+            "to prune"
+        } else {
+            "pruned"
+        };
+        match g.status {
+            GcStatus::Skipped => {
+                let _ = writeln!(s, "GC: skipped (--no-gc).");
+            }
+            GcStatus::Deferred => {
+                let _ = writeln!(s, "GC: deferred: {}", g.reason.as_deref().unwrap_or(""));
+            }
+            GcStatus::DryRun => {
+                let _ = writeln!(
+                    s,
+                    "GC (dry run): {manifests} untagged manifest(s) {prune} in {} repositor{}; would free {} blob(s), {}.",
+                    g.pruned.len(),
+                    if g.pruned.len() == 1 { "y" } else { "ies" },
+                    g.predicted_blobs,
+                    human_bytes(g.predicted_bytes)
+                );
+            }
+            GcStatus::Done => {
+                let _ = writeln!(
+                    s,
+                    "GC: {manifests} untagged manifest(s) pruned; freed {} blob(s), {} (predicted {}, {}). Registry: {}",
+                    g.freed_blobs,
+                    human_bytes(g.freed_bytes),
+                    g.predicted_blobs,
+                    human_bytes(g.predicted_bytes),
+                    g.registry_summary.as_deref().unwrap_or("-")
+                );
+            }
+            GcStatus::Refused => {
+                let _ = writeln!(s, "GC: REFUSED: {}", g.reason.as_deref().unwrap_or(""));
+            }
+        }
+        for h in &g.hazards {
+            let _ = writeln!(s, "  hazard {:?} at {}: {}", h.kind, h.at, h.detail);
+        }
+        if g.restart_required && g.status == GcStatus::Done {
+            let _ = writeln!(s, "Restart the registry now: its blob descriptor cache still lists the deleted blobs, and clients would skip uploading them.");
+        }
     }
 }
 

@@ -1,0 +1,411 @@
+//! Reachability, pure: what each repository still needs, which untagged manifests can be
+//! pruned, and which blobs the registry's own garbage collector will mark.
+//!
+//! Two views, deliberately different:
+//! - regclean's: from every tag's `current/link`, follow manifests recursively (indexes into
+//!   children, nested indexes too) within the repository, plus untagged referrers whose OCI
+//!   `subject` is kept. This decides pruning and is the set that must never be swept.
+//! - the registry's (2.8 `garbage-collect` without `-m`): every revision link whose blob
+//!   exists marks that manifest and what it references, one level deep. This predicts the
+//!   swept set, which is compared with the registry's own dry run.
+
+use crate::digest::Digest;
+use crate::manifest::{Db, Problem};
+use crate::plan::{Removal, What};
+use crate::scan::{Inventory, Repo};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashSet};
+
+/// Whether untagged referrers (signatures, SBOMs) of kept manifests are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Referrers {
+    /// Keep them (default).
+    Keep,
+    /// Prune them like any untagged manifest (`--prune-referrers`).
+    Prune,
+}
+
+/// The inventory as it will be after `removals` (tags and repositories gone).
+pub fn after_removals(inv: &Inventory, removals: &[Removal]) -> Inventory {
+    let mut gone_repos: HashSet<&str> = HashSet::new();
+    let mut gone_tags: HashSet<(&str, &str)> = HashSet::new();
+    for r in removals {
+        match &r.what {
+            What::Repository { .. } => {
+                gone_repos.insert(&r.repo);
+            }
+            What::Tag { name, .. } => {
+                gone_tags.insert((&r.repo, name));
+            }
+        }
+    }
+    let repos = inv
+        .repos
+        .iter()
+        .filter(|r| !gone_repos.contains(r.name.as_str()))
+        .map(|r| {
+            let mut r = r.clone();
+            r.tags
+                .retain(|t| !gone_tags.contains(&(r.name.as_str(), t.name.as_str())));
+            r
+        })
+        .collect();
+    Inventory {
+        repos,
+        oddities: inv.oddities.clone(),
+    }
+}
+
+/// The manifests repository `repo` needs: tagged ones, recursively through indexes, and (with
+/// [`Referrers::Keep`]) untagged manifests whose `subject` is needed, to a fixed point.
+pub fn kept_manifests(repo: &Repo, db: &Db, referrers: Referrers) -> HashSet<Digest> {
+    let mut kept = HashSet::new();
+    let mut stack: Vec<Digest> = repo
+        .tags
+        .iter()
+        .filter_map(|t| t.current.digest())
+        .collect();
+    loop {
+        while let Some(d) = stack.pop() {
+            if kept.insert(d) {
+                if let Some(m) = db.get(&d) {
+                    stack.extend(m.children().iter().copied());
+                }
+            }
+        }
+        if referrers == Referrers::Prune {
+            break;
+        }
+        // Referrers of kept manifests (and referrers of those, on the next round).
+        stack.extend(repo.revisions.iter().filter(|r| {
+            !kept.contains(*r)
+                && db
+                    .get(r)
+                    .and_then(|m| m.subject)
+                    .is_some_and(|s| kept.contains(&s))
+        }));
+        if stack.is_empty() {
+            break;
+        }
+    }
+    kept
+}
+
+/// What pruning removes from one repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Prune {
+    /// The repository.
+    pub repo: String,
+    /// Revision directories to remove (untagged manifests nothing kept needs).
+    pub revisions: Vec<Digest>,
+    /// Tag history entries (`tags/<tag>/index/sha256/<hex>`) naming pruned manifests.
+    pub history: Vec<(String, Digest)>,
+}
+
+/// Plans pruning over the (post-removal) inventory.
+pub fn prune_plan(inv: &Inventory, db: &Db, referrers: Referrers) -> Vec<Prune> {
+    inv.repos
+        .iter()
+        .filter_map(|repo| {
+            let kept = kept_manifests(repo, db, referrers);
+            let revisions: Vec<Digest> = repo
+                .revisions
+                .iter()
+                .filter(|d| !kept.contains(*d))
+                .copied()
+                .collect();
+            if revisions.is_empty() {
+                return None;
+            }
+            let gone: HashSet<&Digest> = revisions.iter().collect();
+            let history = repo
+                .tags
+                .iter()
+                .flat_map(|t| {
+                    t.history
+                        .iter()
+                        .filter(|d| gone.contains(d))
+                        .map(|d| (t.name.clone(), *d))
+                })
+                .collect();
+            Some(Prune {
+                repo: repo.name.clone(),
+                revisions,
+                history,
+            })
+        })
+        .collect()
+}
+
+/// Applies a prune plan to an inventory (simulation for prediction).
+pub fn after_prune(mut inv: Inventory, prune: &[Prune]) -> Inventory {
+    for p in prune {
+        if let Ok(i) = inv.repos.binary_search_by(|r| r.name.as_str().cmp(&p.repo)) {
+            let gone: HashSet<&Digest> = p.revisions.iter().collect();
+            let r = &mut inv.repos[i];
+            r.revisions.retain(|d| !gone.contains(d));
+            for t in &mut r.tags {
+                t.history.retain(|d| !gone.contains(d));
+            }
+        }
+    }
+    inv
+}
+
+/// Every blob regclean considers reachable: the manifests each repository keeps and what they
+/// reference (configs, layers, children).
+pub fn reachable_blobs(inv: &Inventory, db: &Db, referrers: Referrers) -> HashSet<Digest> {
+    let mut out = HashSet::new();
+    for repo in &inv.repos {
+        for d in kept_manifests(repo, db, referrers) {
+            out.insert(d);
+            if let Some(m) = db.get(&d) {
+                out.extend(m.refs.iter().copied());
+            }
+        }
+    }
+    out
+}
+
+/// The blobs registry 2.8's `garbage-collect` (without `-m`) marks on this inventory: for each
+/// repository the registry sees (it needs `_layers`), each revision whose blob exists, that
+/// manifest and its references.
+pub fn registry_marks(inv: &Inventory, db: &Db) -> HashSet<Digest> {
+    let mut out = HashSet::new();
+    for repo in inv.repos.iter().filter(|r| r.has_layers) {
+        for d in &repo.revisions {
+            if matches!(db.problem(d), Some(Problem::MissingBlob)) {
+                continue;
+            }
+            out.insert(*d);
+            if let Some(m) = db.get(d) {
+                out.extend(m.refs.iter().copied());
+            }
+        }
+    }
+    out
+}
+
+/// Blobs that are in `all` but not in `marked`, sorted: what a collection sweeps.
+pub fn swept(all: impl IntoIterator<Item = Digest>, marked: &HashSet<Digest>) -> BTreeSet<Digest> {
+    all.into_iter().filter(|d| !marked.contains(d)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Link;
+    use crate::manifest::{Kind, Manifest};
+    use crate::scan::Tag;
+    use std::collections::HashMap;
+
+    fn d(n: u8) -> Digest {
+        Digest([n; 32])
+    }
+
+    fn img(cfg: u8, layers: &[u8]) -> Result<Manifest, Problem> {
+        let mut refs = vec![d(cfg)];
+        refs.extend(layers.iter().map(|l| d(*l)));
+        Ok(Manifest {
+            kind: Kind::Image,
+            refs,
+            subject: None,
+        })
+    }
+
+    fn idx(children: &[u8]) -> Result<Manifest, Problem> {
+        Ok(Manifest {
+            kind: Kind::Index,
+            refs: children.iter().map(|c| d(*c)).collect(),
+            subject: None,
+        })
+    }
+
+    fn referrer(cfg: u8, subject: u8) -> Result<Manifest, Problem> {
+        Ok(Manifest {
+            kind: Kind::Image,
+            refs: vec![d(cfg)],
+            subject: Some(d(subject)),
+        })
+    }
+
+    fn tag(name: &str, m: u8, history: &[u8]) -> Tag {
+        Tag {
+            name: name.into(),
+            current: Link::Ok(d(m)),
+            pushed: None,
+            history: history.iter().map(|h| d(*h)).collect(),
+        }
+    }
+
+    fn repo(name: &str, tags: Vec<Tag>, revisions: &[u8]) -> Repo {
+        let mut revisions: Vec<Digest> = revisions.iter().map(|r| d(*r)).collect();
+        revisions.sort();
+        Repo {
+            name: name.into(),
+            has_layers: true,
+            has_manifests: true,
+            has_tags_dir: true,
+            tags,
+            revisions,
+            ..Repo::default()
+        }
+    }
+
+    /// 10: index of 11, 12; 11, 12: images; 13: untagged old image; 14: referrer of 10;
+    /// 15: referrer of 14; 16: referrer of the untagged 13; 20: nested index of index 21 of 22.
+    fn db() -> Db {
+        let mut m = HashMap::new();
+        m.insert(d(10), idx(&[11, 12]));
+        m.insert(d(11), img(100, &[101, 200]));
+        m.insert(d(12), img(102, &[103, 200]));
+        m.insert(d(13), img(104, &[105, 200]));
+        m.insert(d(14), referrer(106, 10));
+        m.insert(d(15), referrer(107, 14));
+        m.insert(d(16), referrer(108, 13));
+        m.insert(d(20), idx(&[21]));
+        m.insert(d(21), idx(&[22]));
+        m.insert(d(22), img(109, &[110]));
+        m.insert(d(30), Err(Problem::MissingBlob));
+        Db::from_map(m)
+    }
+
+    #[test]
+    fn index_children_are_kept_and_untagged_history_pruned() {
+        let inv = Inventory {
+            repos: vec![repo(
+                "multi",
+                vec![tag("v1", 10, &[13, 10])],
+                &[10, 11, 12, 13],
+            )],
+            oddities: vec![],
+        };
+        let p = prune_plan(&inv, &db(), Referrers::Keep);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].revisions, [d(13)]);
+        assert_eq!(p[0].history, [("v1".to_string(), d(13))]);
+    }
+
+    #[test]
+    fn nested_indexes_are_followed() {
+        let inv = Inventory {
+            repos: vec![repo("n", vec![tag("v1", 20, &[])], &[20, 21, 22])],
+            oddities: vec![],
+        };
+        assert!(prune_plan(&inv, &db(), Referrers::Keep).is_empty());
+        let r = reachable_blobs(&inv, &db(), Referrers::Keep);
+        assert!(r.contains(&d(110)), "layer of the grandchild");
+    }
+
+    #[test]
+    fn referrers_of_kept_manifests_are_kept_transitively_unless_asked() {
+        let inv = Inventory {
+            repos: vec![repo(
+                "s",
+                vec![tag("v1", 10, &[])],
+                &[10, 11, 12, 13, 14, 15, 16],
+            )],
+            oddities: vec![],
+        };
+        let p = prune_plan(&inv, &db(), Referrers::Keep);
+        assert_eq!(
+            p[0].revisions,
+            [d(13), d(16)],
+            "referrer of an untagged manifest goes with it"
+        );
+        let p = prune_plan(&inv, &db(), Referrers::Prune);
+        assert_eq!(p[0].revisions, [d(13), d(14), d(15), d(16)]);
+    }
+
+    #[test]
+    fn a_child_that_is_also_tagged_stays_when_its_index_tag_goes() {
+        let inv = Inventory {
+            repos: vec![repo(
+                "m",
+                vec![tag("v1", 10, &[]), tag("amd64", 11, &[])],
+                &[10, 11, 12],
+            )],
+            oddities: vec![],
+        };
+        let removals = vec![Removal {
+            repo: "m".into(),
+            what: What::Tag {
+                name: "v1".into(),
+                manifest: Some(d(10)),
+            },
+            reason: "m:v1".into(),
+        }];
+        let after = after_removals(&inv, &removals);
+        let p = prune_plan(&after, &db(), Referrers::Keep);
+        assert_eq!(p[0].revisions, [d(10), d(12)]);
+        let after = after_prune(after, &p);
+        let marks = registry_marks(&after, &db());
+        assert!(marks.contains(&d(11)) && marks.contains(&d(101)) && marks.contains(&d(200)));
+        assert!(
+            !marks.contains(&d(103)),
+            "the pruned sibling's own layer is swept"
+        );
+    }
+
+    #[test]
+    fn shared_manifest_stays_while_any_tag_keeps_it() {
+        let inv = Inventory {
+            repos: vec![repo(
+                "a",
+                vec![tag("old", 11, &[]), tag("keep", 11, &[])],
+                &[11],
+            )],
+            oddities: vec![],
+        };
+        let removals = vec![Removal {
+            repo: "a".into(),
+            what: What::Tag {
+                name: "old".into(),
+                manifest: Some(d(11)),
+            },
+            reason: String::new(),
+        }];
+        let after = after_removals(&inv, &removals);
+        assert!(prune_plan(&after, &db(), Referrers::Keep).is_empty());
+    }
+
+    #[test]
+    fn registry_marks_skip_missing_blobs_and_repositories_without_layers() {
+        let mut hidden = repo("hidden", vec![tag("v1", 12, &[])], &[12]);
+        hidden.has_layers = false;
+        let inv = Inventory {
+            repos: vec![hidden, repo("x", vec![], &[30, 13])],
+            oddities: vec![],
+        };
+        let marks = registry_marks(&inv, &db());
+        assert!(!marks.contains(&d(30)));
+        assert!(marks.contains(&d(13)) && marks.contains(&d(105)));
+        assert!(
+            !marks.contains(&d(103)),
+            "2.8 GC does not see a repository without _layers"
+        );
+        let all = [d(12), d(13), d(103), d(105)];
+        let s = swept(all, &marks);
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), [d(12), d(103)]);
+    }
+
+    #[test]
+    fn removed_repositories_keep_nothing_but_other_repositories_still_mark_shared_layers() {
+        let inv = Inventory {
+            repos: vec![
+                repo("a", vec![tag("v1", 11, &[])], &[11]),
+                repo("b", vec![tag("v1", 12, &[])], &[12]),
+            ],
+            oddities: vec![],
+        };
+        let removals = vec![Removal {
+            repo: "a".into(),
+            what: What::Repository { tags: 1 },
+            reason: String::new(),
+        }];
+        let after = after_removals(&inv, &removals);
+        let marks = registry_marks(&after, &db());
+        assert!(marks.contains(&d(200)), "layer shared with b stays");
+        assert!(!marks.contains(&d(101)));
+    }
+}
