@@ -225,6 +225,8 @@ pub fn run(settings: &Settings) -> Result<Report> {
         )?;
         if let Err(e) = collect::collect(&settings.gc, &mut prep, &bin, &cfg, &loc.root, &store.v2)
         {
+            prep.report.status = collect::GcStatus::Failed;
+            prep.report.reason = Some("the registry's garbage collector failed; see errors".into());
             errors.push(e.to_string());
         }
     }

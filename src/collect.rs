@@ -86,6 +86,8 @@ pub enum GcStatus {
     DryRun,
     /// Refused as unsafe (hazards, or the cross-check).
     Refused,
+    /// The registry's collector failed (see the report's errors).
+    Failed,
 }
 
 /// The gc part of the report.

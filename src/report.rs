@@ -44,9 +44,12 @@ pub struct Report {
 impl Report {
     /// The exit code for this report under the missing-target policy.
     pub fn exit(&self, missing_fails: bool) -> Exit {
-        let failed =
-            self.removals.iter().any(|o| o.error.is_some()) || !self.deleted.errors.is_empty();
-        if failed || (missing_fails && !self.missing.is_empty()) {
+        let failed = self.removals.iter().any(|o| o.error.is_some())
+            || !self.deleted.errors.is_empty()
+            || !self.errors.is_empty();
+        if self.gc.status == GcStatus::Refused {
+            Exit::Unsafe
+        } else if failed || (missing_fails && !self.missing.is_empty()) {
             Exit::Failed
         } else {
             Exit::Done
@@ -195,6 +198,12 @@ impl Report {
                     g.predicted_blobs,
                     human_bytes(g.predicted_bytes),
                     g.registry_summary.as_deref().unwrap_or("-")
+                );
+            }
+            GcStatus::Failed => {
+                let _ = writeln!(
+                    s,
+                    "GC: FAILED (untagged manifests pruned: {manifests}); nothing was collected."
                 );
             }
             GcStatus::Refused => {

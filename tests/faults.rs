@@ -31,7 +31,14 @@ fn symlinks_inside_the_store_are_never_followed() {
     std::fs::create_dir_all(repo_path(&root, "svc8/_uploads/u1")).unwrap();
     symlink(&out, repo_path(&root, "svc8/_uploads/u1/data")).unwrap();
 
-    let o = run_on(&root, &["--json", "team0/app0:*", "svc8", "linked"]);
+    // With collection, the symlinks are hazards: refused, nothing changed.
+    let before = snapshot(&root);
+    let o = run_on(&root, &["team0/app0:*", "svc8"]);
+    assert_eq!(code(&o), Some(3), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Symlink"), "{}", text(&o));
+    assert_same(&before, &snapshot(&root), "refused run changed the store");
+    // Removal only.
+    let o = run_on(&root, &["--no-gc", "--json", "team0/app0:*", "svc8", "linked"]);
     assert_eq!(
         code(&o),
         Some(1),
@@ -100,7 +107,7 @@ fn malformed_links_are_reported_and_removal_still_works() {
         .path();
     std::fs::write(first.join("link"), "garbage").unwrap();
 
-    let o = run_on(&root, &["--json", "team0/app1:latest", "team0/app2:latest"]);
+    let o = run_on(&root, &["--no-gc", "--json", "team0/app1:latest", "team0/app2:latest"]);
     assert_eq!(code(&o), Some(0), "{}", text(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let bad: Vec<&str> = j["oddities"]
@@ -145,7 +152,7 @@ fn a_second_concurrent_run_is_refused_with_exit_3_or_waits() {
         "{}",
         text(&o)
     );
-    assert_eq!(before, snapshot(&root));
+    assert_same(&before, &snapshot(&root), "store changed");
 
     let mut c = regclean();
     c.arg("--root")

@@ -476,3 +476,25 @@ pub fn multi_arch(docker: bool, shared: &[u8], salt: &str) -> ImageDir {
     );
     b.finish(&top)
 }
+
+/// Asserts two snapshots are equal, showing only the first differing paths.
+pub fn assert_same(before: &[(String, Vec<u8>)], after: &[(String, Vec<u8>)], why: &str) {
+    if before == after {
+        return;
+    }
+    let b: std::collections::BTreeMap<_, _> = before.iter().cloned().collect();
+    let a: std::collections::BTreeMap<_, _> = after.iter().cloned().collect();
+    let mut diffs: Vec<String> = Vec::new();
+    for (k, v) in &b {
+        match a.get(k) {
+            None => diffs.push(format!("removed {k}")),
+            Some(x) if x != v => diffs.push(format!("changed {k}")),
+            _ => {}
+        }
+    }
+    for k in a.keys().filter(|k| !b.contains_key(*k)) {
+        diffs.push(format!("added {k}"));
+    }
+    diffs.truncate(10);
+    panic!("{why}: {}", diffs.join("\n"));
+}
