@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::exit::Exit;
 use crate::fsx::DirFd;
 use crate::lock;
-use crate::plan::{self, Request};
+use crate::plan;
 use crate::report::Report;
 use crate::scan;
 use crate::trash::{self, Deleted, Trash};
@@ -175,10 +175,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     for o in &inv.oddities {
         tracing::info!("odd entry {} ({:?}): {}", o.path, o.kind, o.detail);
     }
-    let request = Request {
-        targets: settings.targets.clone(),
-    };
-    let plan = plan::plan(&inv, &request, SystemTime::now());
+    let plan = plan::plan(&inv, &settings.request, SystemTime::now());
     let dry = settings.mode == Mode::DryRun;
 
     // Everything that can refuse does so here, before the first change.
@@ -238,6 +235,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         removals: outcomes,
         missing: plan.missing,
         unmatched: plan.unmatched,
+        kept: plan.kept,
         leftover_trash_runs: leftover,
         deleted,
         oddities: inv.oddities,

@@ -4,7 +4,9 @@
 use crate::collect::{GcRequest, GcSettings, HazardPolicy, LivePolicy, Pruning};
 use crate::exit::Exit;
 use crate::lock::WaitMode;
+use crate::plan::{Request, Scope};
 use crate::reach::Referrers;
+use crate::retention::Retention;
 use crate::target::Target;
 use clap::Parser;
 use std::ffi::OsString;
@@ -35,7 +37,17 @@ ENVIRONMENT:
   REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY  storage root (as for the registry; --root wins)
   REGISTRY_CONFIGURATION_PATH                registry config file (--config wins)
   REGISTRY_STORAGE                           storage driver override (as for the registry)
-  RUST_LOG                                   log filter (e.g. regclean=debug)";
+  RUST_LOG                                   log filter (e.g. regclean=debug)
+  REGCLEAN_KEEP_LAST, REGCLEAN_OLDER_THAN,   the retention options, for the entrypoint hook
+  REGCLEAN_KEEP (one regex; use '|' for more), REGCLEAN_ALL=true,
+  REGCLEAN_KEEP_UNTAGGED=true, REGCLEAN_PRUNE_REFERRERS=true
+
+RETENTION:
+  With --keep-last/--older-than, TARGETs select candidate tags (REPO = all its tags,
+  'REPO:PATTERN' = the matching ones) and the policy picks which go; --all applies it to every
+  repository. A tag goes only when it is beyond the N newest (push time = mtime of its
+  current/link; equal times ordered by name) AND older than DURATION; --keep tags never go and
+  do not count. --keep-last 0 is refused (name 'REPO:*' to remove every tag).";
 
 /// What the user typed.
 #[derive(Debug, Parser)]
@@ -80,6 +92,23 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// Retention: keep the N most recently pushed tags of each repository in scope (N ≥ 1).
+    #[arg(long, value_name = "N", env = "REGCLEAN_KEEP_LAST")]
+    pub keep_last: Option<usize>,
+
+    /// Retention: only tags pushed longer ago than DURATION may go (90d, 12h, 2w).
+    #[arg(long, value_name = "DURATION", env = "REGCLEAN_OLDER_THAN")]
+    pub older_than: Option<String>,
+
+    /// Retention: never remove tags matching REGEX (repeatable; not anchored unless you
+    /// anchor it: '^v[0-9]'); they do not count toward --keep-last.
+    #[arg(long, value_name = "REGEX", env = "REGCLEAN_KEEP")]
+    pub keep: Vec<String>,
+
+    /// Retention scope: every repository (instead of TARGETs).
+    #[arg(long, env = "REGCLEAN_ALL")]
+    pub all: bool,
+
     /// Remove only: no pruning, no garbage collection (safe while the registry serves).
     #[arg(long, conflicts_with = "gc_only")]
     pub no_gc: bool,
@@ -90,11 +119,15 @@ pub struct Args {
     pub gc_only: bool,
 
     /// Do not prune untagged manifests before collecting (their blobs then stay).
-    #[arg(long)]
+    #[arg(long, env = "REGCLEAN_KEEP_UNTAGGED")]
     pub keep_untagged: bool,
 
     /// Also prune untagged referrers (signatures, SBOMs, attestations) of kept manifests.
-    #[arg(long, conflicts_with = "keep_untagged")]
+    #[arg(
+        long,
+        conflicts_with = "keep_untagged",
+        env = "REGCLEAN_PRUNE_REFERRERS"
+    )]
     pub prune_referrers: bool,
 
     /// Collect despite store hazards (repositories invisible to GC, '_' files, malformed
@@ -151,8 +184,8 @@ pub enum Output {
 /// The resolved settings the pipeline runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Validated targets.
-    pub targets: Vec<Target>,
+    /// Validated targets and the retention policy.
+    pub request: Request,
     /// Dry run or not.
     pub mode: Mode,
     /// `--root` / `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`.
@@ -193,6 +226,56 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Settings, Exit>
     })
 }
 
+/// The retention policy, if any option asks for one; problems go to `errors`.
+fn retention_of(args: &Args, errors: &mut Vec<String>) -> Option<Retention> {
+    if args.keep_last.is_none() && args.older_than.is_none() {
+        if !args.keep.is_empty() {
+            errors.push(
+                "--keep only protects tags from --keep-last and --older-than; add one of them"
+                    .into(),
+            );
+        }
+        return None;
+    }
+    if args.keep_last == Some(0) {
+        errors.push(
+            "--keep-last 0 would keep nothing: to remove every tag of a repository, name 'REPO:*'"
+                .into(),
+        );
+    }
+    let older_than = args
+        .older_than
+        .as_deref()
+        .and_then(|d| match humantime::parse_duration(d) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                errors.push(format!(
+                    "invalid --older-than '{d}': {e} (examples: 90d, 12h, 2w)"
+                ));
+                None
+            }
+        });
+    let keep = args
+        .keep
+        .iter()
+        .filter_map(|k| match regex::Regex::new(k) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                errors.push(format!(
+                    "invalid --keep regex '{k}': {}",
+                    e.to_string().lines().last().unwrap_or("")
+                ));
+                None
+            }
+        })
+        .collect();
+    Some(Retention {
+        keep_last: args.keep_last,
+        older_than,
+        keep,
+    })
+}
+
 /// Turns typed arguments into settings; every problem is one line.
 pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
     let mut errors = Vec::new();
@@ -203,17 +286,37 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             Err(why) => errors.push(format!("invalid target '{t}': {why}")),
         }
     }
-    if args.targets.is_empty() && !args.gc_only {
-        errors.push("nothing to do: name at least one TARGET (REPO or REPO:TAG), or pass --gc-only; see --help".into());
+    let retention = retention_of(&args, &mut errors);
+    let selects = !args.targets.is_empty() || args.all;
+    if !selects && !args.gc_only {
+        errors.push(if retention.is_some() {
+            "a retention option applies to TARGET repositories or to --all; name them (regclean never cleans the whole registry by accident)".into()
+        } else {
+            "nothing to do: name at least one TARGET (REPO or REPO:TAG), or pass --gc-only; see --help".into()
+        });
     }
-    if !args.targets.is_empty() && args.gc_only {
-        errors.push("--gc-only removes nothing: drop the TARGETs, or drop --gc-only".into());
+    if selects && args.gc_only {
+        errors.push(
+            "--gc-only removes nothing: drop the TARGETs/--all/retention, or drop --gc-only".into(),
+        );
+    }
+    if args.all && retention.is_none() {
+        errors.push("--all needs --keep-last or --older-than (to remove every tag of a repository, name 'REPO:*')".into());
+    }
+    if args.all && !args.targets.is_empty() {
+        errors.push(
+            "--all and TARGETs exclude each other: --all already means every repository".into(),
+        );
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Settings {
-        targets,
+        request: Request {
+            targets,
+            retention,
+            scope: if args.all { Scope::All } else { Scope::Targets },
+        },
         mode: if args.dry_run {
             Mode::DryRun
         } else {

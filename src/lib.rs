@@ -23,6 +23,7 @@ pub mod names;
 pub mod plan;
 pub mod reach;
 pub mod report;
+pub mod retention;
 pub mod scan;
 pub mod target;
 pub mod trash;

@@ -2,17 +2,47 @@
 //! that it is tested without a file system.
 
 use crate::digest::Digest;
+use crate::retention::{self, Kept, Retention};
+use crate::scan::Tag;
 use crate::scan::{Inventory, Repo};
 use crate::target::Target;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
+
+/// Which repositories a retention policy applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// The TARGETs (default).
+    #[default]
+    Targets,
+    /// Every repository (`--all`).
+    All,
+}
 
 /// What the user asked for, resolved (see `cli::Settings`).
 #[derive(Debug, Clone, Default)]
 pub struct Request {
     /// The TARGET arguments, already validated.
     pub targets: Vec<Target>,
+    /// With a retention policy: the targets select the candidate tags (`REPO` = all its tags,
+    /// `REPO:PATTERN` = the matching ones), and the policy picks which of them go. Without
+    /// one, every target is removed as named.
+    pub retention: Option<Retention>,
+    /// Targets or everything.
+    pub scope: Scope,
+}
+
+/// A tag a retention policy keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptTag {
+    /// The repository.
+    pub repo: String,
+    /// The tag.
+    pub tag: String,
+    /// Why it stays.
+    #[serde(flatten)]
+    pub why: Kept,
 }
 
 /// What one removal takes away.
@@ -64,6 +94,8 @@ pub struct Plan {
     pub missing: Vec<Missing>,
     /// Patterns that matched nothing (reported, not an error).
     pub unmatched: Vec<String>,
+    /// Tags a retention policy keeps, with the reason.
+    pub kept: Vec<KeptTag>,
 }
 
 impl Plan {
@@ -79,7 +111,7 @@ impl Plan {
 }
 
 /// Builds the plan. `now` is unused by explicit targets; retention measures ages from it.
-pub fn plan(inv: &Inventory, req: &Request, _now: SystemTime) -> Plan {
+pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
     let mut out = Plan::default();
     // (repo, tag or None for the whole repository) -> reason; a BTreeMap dedups and sorts.
     let mut chosen: BTreeMap<(String, Option<String>), String> = BTreeMap::new();
@@ -141,6 +173,10 @@ pub fn plan(inv: &Inventory, req: &Request, _now: SystemTime) -> Plan {
             out.unmatched.push(text);
         }
     }
+    if let Some(ret) = &req.retention {
+        retain(inv, req.scope, ret, &chosen, now, &mut out);
+        return out;
+    }
     for ((repo_name, tag), reason) in &chosen {
         let repo = &inv.repos[inv
             .repos
@@ -176,6 +212,66 @@ pub fn plan(inv: &Inventory, req: &Request, _now: SystemTime) -> Plan {
     out
 }
 
+/// Applies a retention policy to the tags `chosen` selects (or to every tag with `--all`).
+fn retain(
+    inv: &Inventory,
+    scope: Scope,
+    ret: &Retention,
+    chosen: &BTreeMap<(String, Option<String>), String>,
+    now: SystemTime,
+    out: &mut Plan,
+) {
+    // repo -> None (all its tags) or the selected tag names.
+    let mut sel: BTreeMap<&str, Option<BTreeSet<&str>>> = BTreeMap::new();
+    match scope {
+        Scope::All => sel.extend(inv.repos.iter().map(|r| (r.name.as_str(), None))),
+        Scope::Targets => {
+            for (repo, tag) in chosen.keys() {
+                let e = sel
+                    .entry(repo.as_str())
+                    .or_insert_with(|| Some(BTreeSet::new()));
+                match (tag, e) {
+                    (None, e) => *e = None,
+                    (Some(t), Some(set)) => {
+                        set.insert(t.as_str());
+                    }
+                    (Some(_), None) => {}
+                }
+            }
+        }
+    }
+    for (name, tags) in sel {
+        let repo = &inv.repos[inv
+            .repos
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .expect("from inventory")];
+        let cands: Vec<&Tag> = repo
+            .tags
+            .iter()
+            .filter(|t| tags.as_ref().is_none_or(|s| s.contains(t.name.as_str())))
+            .collect();
+        let (remove, kept) = retention::decide(&cands, ret, now);
+        for (t, why) in remove {
+            out.removals.push(Removal {
+                repo: repo.name.clone(),
+                what: What::Tag {
+                    name: t.name.clone(),
+                    manifest: t.current.digest(),
+                },
+                reason: why,
+            });
+        }
+        out.kept.extend(kept.into_iter().map(|(t, why)| KeptTag {
+            repo: repo.name.clone(),
+            tag: t.name.clone(),
+            why,
+        }));
+    }
+    out.removals.sort();
+    out.kept
+        .sort_by(|a, b| (&a.repo, &a.tag).cmp(&(&b.repo, &b.tag)));
+}
+
 fn missing_repo_reason(inv: &Inventory, name: &str) -> String {
     let prefix = format!("{name}/");
     let nested = inv
@@ -196,7 +292,7 @@ fn missing_repo_reason(inv: &Inventory, name: &str) -> String {
 mod tests {
     use super::*;
     use crate::digest::Link;
-    use crate::scan::Tag;
+    use crate::scan::Tag as _;
 
     fn d(n: u8) -> Digest {
         Digest([n; 32])
@@ -238,7 +334,14 @@ mod tests {
 
     fn run(targets: &[&str]) -> Plan {
         let targets = targets.iter().map(|t| Target::parse(t).unwrap()).collect();
-        plan(&inv(), &Request { targets }, SystemTime::UNIX_EPOCH)
+        plan(
+            &inv(),
+            &Request {
+                targets,
+                ..Request::default()
+            },
+            SystemTime::UNIX_EPOCH,
+        )
     }
 
     fn summary(p: &Plan) -> Vec<String> {
@@ -322,6 +425,66 @@ mod tests {
         let p = run(&["app:pr-1", "app:pr-*"]);
         assert_eq!(summary(&p), ["app:pr-1", "app:pr-2"]);
         assert_eq!(p.removals[0].reason, "app:pr-1");
+    }
+
+    fn retention_plan(targets: &[&str], scope: Scope, keep_last: usize) -> Plan {
+        // app: pr-1 oldest ... v1 newest (pushed 1, 2, 3 days after the epoch).
+        let mut inv = inv();
+        for r in &mut inv.repos {
+            for (i, t) in r.tags.iter_mut().enumerate() {
+                t.pushed = Some(
+                    SystemTime::UNIX_EPOCH
+                        + std::time::Duration::from_secs(86_400 * (i as u64 + 1)),
+                );
+            }
+        }
+        let targets = targets.iter().map(|t| Target::parse(t).unwrap()).collect();
+        let retention = Some(Retention {
+            keep_last: Some(keep_last),
+            ..Retention::default()
+        });
+        plan(
+            &inv,
+            &Request {
+                targets,
+                retention,
+                scope,
+            },
+            SystemTime::UNIX_EPOCH,
+        )
+    }
+
+    #[test]
+    fn retention_on_a_repository_target_removes_tags_never_the_repository() {
+        let p = retention_plan(&["app"], Scope::Targets, 1);
+        assert_eq!(summary(&p), ["app:pr-1", "app:pr-2"]);
+        assert_eq!(p.kept.len(), 1);
+        assert_eq!(p.kept[0].tag, "v1");
+        assert!(p.removals[0].reason.contains("beyond the 1 newest"));
+    }
+
+    #[test]
+    fn retention_on_a_tag_pattern_only_considers_matching_tags() {
+        let p = retention_plan(&["app:pr-*"], Scope::Targets, 1);
+        assert_eq!(summary(&p), ["app:pr-1"]);
+        assert_eq!(
+            p.kept.iter().map(|k| k.tag.as_str()).collect::<Vec<_>>(),
+            ["pr-2"]
+        );
+    }
+
+    #[test]
+    fn retention_scope_is_the_targets_or_everything() {
+        let p = retention_plan(&["team/app"], Scope::Targets, 1);
+        assert_eq!(
+            summary(&p),
+            ["team/app:latest"],
+            "nested team/app/api is not in scope"
+        );
+        let p = retention_plan(&[], Scope::All, 1);
+        assert_eq!(summary(&p), ["app:pr-1", "app:pr-2", "team/app:latest"]);
+        let p = retention_plan(&["team/**"], Scope::Targets, 5);
+        assert!(p.removals.is_empty());
     }
 
     #[test]

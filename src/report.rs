@@ -4,7 +4,7 @@ use crate::apply::Outcome;
 use crate::collect::{GcReport, GcStatus};
 use crate::config::RootSource;
 use crate::exit::Exit;
-use crate::plan::{Missing, What};
+use crate::plan::{KeptTag, Missing, What};
 use crate::scan::Oddity;
 use crate::trash::Deleted;
 use serde::Serialize;
@@ -27,6 +27,8 @@ pub struct Report {
     pub missing: Vec<Missing>,
     /// Patterns that matched nothing.
     pub unmatched: Vec<String>,
+    /// Tags a retention policy keeps, and why.
+    pub kept: Vec<KeptTag>,
     /// Trash directories of interrupted runs found at start (emptied unless dry run).
     pub leftover_trash_runs: usize,
     /// What emptying the trash deleted.
@@ -70,13 +72,10 @@ impl Report {
             "removed"
         };
         let done = if self.dry_run { "to remove" } else { "removed" };
-        let mut last_repo = "";
+        // Per repository: what goes, then (with a retention policy) what stays and why.
+        let mut lines: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for o in &self.removals {
             let r = &o.removal;
-            if r.repo != last_repo {
-                let _ = writeln!(s, "{}", r.repo);
-                last_repo = &r.repo;
-            }
             let what = match &r.what {
                 What::Tag { name, manifest } => match manifest {
                     Some(d) => format!("tag {name} ({})", short(&d.to_string())),
@@ -86,13 +85,27 @@ impl Report {
                     format!("repository ({tags} tags; nested repositories kept)")
                 }
             };
-            match &o.error {
-                None => {
-                    let _ = writeln!(s, "  {verb} {what}");
-                }
-                Some(e) => {
-                    let _ = writeln!(s, "  FAILED to remove {what}: {e}");
-                }
+            let why = if r.reason.is_empty() || !self.dry_run {
+                String::new()
+            } else {
+                format!(" [{}]", r.reason)
+            };
+            let line = match &o.error {
+                None => format!("  {verb} {what}{why}"),
+                Some(e) => format!("  FAILED to remove {what}: {e}"),
+            };
+            lines.entry(r.repo.as_str()).or_default().push(line);
+        }
+        for k in &self.kept {
+            lines
+                .entry(k.repo.as_str())
+                .or_default()
+                .push(format!("  keep tag {} [{}]", k.tag, k.why));
+        }
+        for (repo, ls) in lines {
+            let _ = writeln!(s, "{repo}");
+            for l in ls {
+                let _ = writeln!(s, "{l}");
             }
         }
         for m in &self.missing {

@@ -35,10 +35,17 @@ fn symlinks_inside_the_store_are_never_followed() {
     let before = snapshot(&root);
     let o = run_on(&root, &["team0/app0:*", "svc8"]);
     assert_eq!(code(&o), Some(3), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Symlink"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Symlink"),
+        "{}",
+        text(&o)
+    );
     assert_same(&before, &snapshot(&root), "refused run changed the store");
     // Removal only.
-    let o = run_on(&root, &["--no-gc", "--json", "team0/app0:*", "svc8", "linked"]);
+    let o = run_on(
+        &root,
+        &["--no-gc", "--json", "team0/app0:*", "svc8", "linked"],
+    );
     assert_eq!(
         code(&o),
         Some(1),
@@ -107,7 +114,15 @@ fn malformed_links_are_reported_and_removal_still_works() {
         .path();
     std::fs::write(first.join("link"), "garbage").unwrap();
 
-    let o = run_on(&root, &["--no-gc", "--json", "team0/app1:latest", "team0/app2:latest"]);
+    let o = run_on(
+        &root,
+        &[
+            "--no-gc",
+            "--json",
+            "team0/app1:latest",
+            "team0/app2:latest",
+        ],
+    );
     assert_eq!(code(&o), Some(0), "{}", text(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let bad: Vec<&str> = j["oddities"]
