@@ -292,7 +292,6 @@ fn missing_repo_reason(inv: &Inventory, name: &str) -> String {
 mod tests {
     use super::*;
     use crate::digest::Link;
-    use crate::scan::Tag as _;
 
     fn d(n: u8) -> Digest {
         Digest([n; 32])

@@ -57,12 +57,13 @@ impl std::fmt::Display for Kept {
     }
 }
 
-/// The decision for one repository: (tags to remove with the reason, tags kept with why).
-pub fn decide<'a>(
-    tags: &[&'a Tag],
-    r: &Retention,
-    now: SystemTime,
-) -> (Vec<(&'a Tag, String)>, Vec<(&'a Tag, Kept)>) {
+/// Tags to remove, each with the reason.
+pub type Removed<'a> = Vec<(&'a Tag, String)>;
+/// Tags kept, each with why.
+pub type Retained<'a> = Vec<(&'a Tag, Kept)>;
+
+/// The decision for one repository.
+pub fn decide<'a>(tags: &[&'a Tag], r: &Retention, now: SystemTime) -> (Removed<'a>, Retained<'a>) {
     let mut remove = Vec::new();
     let mut kept = Vec::new();
     let mut candidates: Vec<&Tag> = Vec::new();
