@@ -42,7 +42,7 @@ fn parse_opts() -> Opts {
         repos: 20,
         tags: 10,
         seed: 1,
-        multiarch_percent: 20,
+        multiarch_percent: 30,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -235,7 +235,7 @@ fn main() {
                     t if t % 4 == 1 => format!("v1.{t}"),
                     t => format!("build-{t}"),
                 };
-                let versions = 1 + rng.below(3) as usize; // older versions are untagged history
+                let versions = 1 + rng.below(4) as usize; // older versions are untagged history
                 let mut last = None;
                 for _ in 0..versions {
                     let m = if multi {

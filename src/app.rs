@@ -127,6 +127,7 @@ pub fn open_store(loc: &Location) -> Result<Store> {
 
 /// Runs the pipeline and returns the report (also for a dry run).
 pub fn run(settings: &Settings) -> Result<Report> {
+    let mut timer = crate::timing::Timer::default();
     let loc = locate(settings)?;
     let store = open_store(&loc)?;
     tracing::info!("storage root {}", loc.root.display());
@@ -171,11 +172,14 @@ pub fn run(settings: &Settings) -> Result<Report> {
         _ => None,
     };
 
+    timer.lap("start");
     let inv = scan::scan(&store.v2)?;
+    timer.lap("scan");
     for o in &inv.oddities {
         tracing::info!("odd entry {} ({:?}): {}", o.path, o.kind, o.detail);
     }
     let plan = plan::plan(&inv, &settings.request, SystemTime::now());
+    timer.lap("plan");
     let dry = settings.mode == Mode::DryRun;
 
     // Everything that can refuse does so here, before the first change.
@@ -188,6 +192,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         &inv,
         &plan.removals,
     )?;
+    timer.lap("predict");
 
     let mut errors = Vec::new();
     let outcomes = match (trash, &repos_dir) {
@@ -196,7 +201,9 @@ pub fn run(settings: &Settings) -> Result<Report> {
             if prep.run {
                 errors.extend(collect::apply_prune(r, &t, &prep.report.pruned));
             }
+            timer.lap("apply");
             deleted = merge(deleted, t.finish());
+            timer.lap("delete");
             o
         }
         _ => plan
@@ -220,13 +227,22 @@ pub fn run(settings: &Settings) -> Result<Report> {
             state,
             &loc.root,
         )?;
-        if let Err(e) = collect::collect(&settings.gc, &mut prep, &bin, &cfg, &loc.root, &store.v2)
-        {
+        let r = collect::collect(
+            &settings.gc,
+            &mut prep,
+            &bin,
+            &cfg,
+            &loc.root,
+            &store.v2,
+            &mut timer,
+        );
+        if let Err(e) = r {
             prep.report.status = collect::GcStatus::Failed;
             prep.report.reason = Some("the registry's garbage collector failed; see errors".into());
             errors.push(e.to_string());
         }
     }
+    timer.lap("report");
     let mut report = Report {
         root: loc.root.display().to_string(),
         root_source: loc.root_source,
@@ -241,6 +257,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         oddities: inv.oddities,
         gc: prep.report,
         errors,
+        timings_ms: timer,
         exit_code: 0,
     };
     report.exit_code = report.exit(settings.missing == MissingPolicy::Fail).code();

@@ -348,13 +348,16 @@ pub fn collect(
     config: &Path,
     root: &Path,
     v2: &DirFd,
+    timer: &mut crate::timing::Timer,
 ) -> Result<()> {
     let inv = crate::scan::scan(v2)?;
     let db = prep.db.take().unwrap_or_default();
     let db = db.completed(v2, &inv);
     let reachable = reach::reachable_blobs(&inv, &db, s.referrers);
     let sizes = blobs::list(v2)?;
+    timer.lap("gc_rescan");
     let dry = crate::gc::run(bin, config, root, true)?;
+    timer.lap("gc_registry_dry_run");
     let conflicts: Vec<Digest> = dry
         .swept
         .iter()
@@ -384,6 +387,7 @@ pub fn collect(
         );
     }
     let real = crate::gc::run(bin, config, root, false)?;
+    timer.lap("gc_registry_run");
     let freed: Vec<&Digest> = real
         .swept
         .iter()

@@ -26,4 +26,5 @@ pub mod report;
 pub mod retention;
 pub mod scan;
 pub mod target;
+pub mod timing;
 pub mod trash;

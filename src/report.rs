@@ -39,6 +39,8 @@ pub struct Report {
     pub gc: GcReport,
     /// Failures after the plan was made (pruning, the registry's collector).
     pub errors: Vec<String>,
+    /// Milliseconds per phase.
+    pub timings_ms: crate::timing::Timer,
     /// The exit code.
     pub exit_code: i32,
 }
