@@ -25,6 +25,20 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
         Err(code) => return code.code(),
     };
     init_logging(settings.log_filter);
+    if settings.mode == Mode::Check {
+        return match run_check(&settings) {
+            Ok(r) => {
+                match settings.output {
+                    Output::Json => {
+                        println!("{}", serde_json::to_string_pretty(&r).expect("serializes"))
+                    }
+                    Output::Human => print!("{}", r.to_text()),
+                }
+                r.exit_code
+            }
+            Err(e) => fail(&settings, e),
+        };
+    }
     match run(&settings) {
         Ok(report) => {
             match settings.output {
@@ -33,15 +47,105 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
             }
             report.exit_code
         }
-        Err(e) => {
-            eprintln!("regclean: {e}");
-            if settings.output == Output::Json {
-                let j = serde_json::json!({ "error": e.to_string(), "exit_code": e.exit().code() });
-                println!("{j}");
-            }
-            e.exit().code()
-        }
+        Err(e) => fail(&settings, e),
     }
+}
+
+/// Prints a fatal error once (and as JSON with `--json`); returns its exit code.
+fn fail(settings: &Settings, e: Error) -> i32 {
+    eprintln!("regclean: {e}");
+    if settings.output == Output::Json {
+        let j = serde_json::json!({ "error": e.to_string(), "exit_code": e.exit().code() });
+        println!("{j}");
+    }
+    e.exit().code()
+}
+
+/// `--check`: read-only; creates nothing, not even the lock.
+pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
+    use crate::check;
+    let loc = locate(settings)?;
+    let store = open_store(&loc)?;
+    let state = store.root.sub_opt(STATE_DIR)?;
+    let repos_dir = store.v2.sub_opt("repositories")?;
+    let inv = scan::scan(&store.v2)?;
+    let db = collect::load_db(&store.v2, &inv);
+    let blobs = crate::blobs::list(&store.v2)?;
+    let mut missing = Vec::new();
+    let scoped = if settings.request.targets.is_empty() {
+        inv.clone()
+    } else {
+        let p = plan::plan(
+            &inv,
+            &plan::Request {
+                targets: settings.request.targets.clone(),
+                ..Default::default()
+            },
+            SystemTime::now(),
+        );
+        missing = p.missing;
+        let mut repos = Vec::new();
+        for r in &inv.repos {
+            let sel: Vec<&plan::Removal> = p.removals.iter().filter(|x| x.repo == r.name).collect();
+            if sel.is_empty() {
+                continue;
+            }
+            let mut r = r.clone();
+            if !sel
+                .iter()
+                .any(|x| matches!(x.what, plan::What::Repository { .. }))
+            {
+                r.tags.retain(|t| {
+                    sel.iter()
+                        .any(|x| matches!(&x.what, plan::What::Tag { name, .. } if *name == t.name))
+                });
+            }
+            repos.push(r);
+        }
+        scan::Inventory {
+            repos,
+            oddities: Vec::new(),
+        }
+    };
+    let mut findings = check::check_repos(&scoped, &db, &blobs);
+    findings.extend(check::check_store(
+        &inv,
+        &db,
+        repos_dir.as_ref(),
+        state.as_ref(),
+        SystemTime::now(),
+    ));
+    let verified = match settings.verify {
+        cli::Verify::Content => {
+            let (bad, v) = check::verify_content(&store.v2, &blobs);
+            findings.extend(bad);
+            Some(v)
+        }
+        cli::Verify::Structure => None,
+    };
+    findings.sort_by(|a, b| {
+        (a.repo.is_empty(), &a.repo, &a.tag, a.kind).cmp(&(
+            b.repo.is_empty(),
+            &b.repo,
+            &b.tag,
+            b.kind,
+        ))
+    });
+    let broken =
+        !findings.is_empty() || (!missing.is_empty() && settings.missing == MissingPolicy::Fail);
+    Ok(check::CheckReport {
+        root: loc.root.display().to_string(),
+        repositories: scoped.repos.len(),
+        tags: scoped.repos.iter().map(|r| r.tags.len()).sum(),
+        findings,
+        missing,
+        verified,
+        exit_code: if broken {
+            Exit::Failed.code()
+        } else {
+            Exit::Done.code()
+        },
+    })
 }
 
 fn init_logging(default: &str) {

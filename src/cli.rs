@@ -109,6 +109,15 @@ pub struct Args {
     #[arg(long, env = "REGCLEAN_ALL")]
     pub all: bool,
 
+    /// Read-only integrity check of the TARGETs (default: the whole store): broken tags,
+    /// missing blobs and links, GC hazards, leftover trash. Exit 0 clean, 1 broken.
+    #[arg(long)]
+    pub check: bool,
+
+    /// With --check: also hash every blob and compare with its digest (reads every byte).
+    #[arg(long, requires = "check")]
+    pub verify_content: bool,
+
     /// Remove only: no pruning, no garbage collection (safe while the registry serves).
     #[arg(long, conflicts_with = "gc_only")]
     pub no_gc: bool,
@@ -161,6 +170,17 @@ pub enum Mode {
     DryRun,
     /// Plan and carry out.
     Apply,
+    /// Read-only integrity check (`--check`).
+    Check,
+}
+
+/// How deep `--check` looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Layout, links, manifests and blob presence.
+    Structure,
+    /// Also hash every blob (`--verify-content`).
+    Content,
 }
 
 /// What a named target that does not exist means for the exit code.
@@ -186,8 +206,10 @@ pub enum Output {
 pub struct Settings {
     /// Validated targets and the retention policy.
     pub request: Request,
-    /// Dry run or not.
+    /// Dry run, apply or check.
     pub mode: Mode,
+    /// `--verify-content`.
+    pub verify: Verify,
     /// `--root` / `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY`.
     pub root: Option<PathBuf>,
     /// `--config` / `REGISTRY_CONFIGURATION_PATH`.
@@ -288,7 +310,17 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
     }
     let retention = retention_of(&args, &mut errors);
     let selects = !args.targets.is_empty() || args.all;
-    if !selects && !args.gc_only {
+    if args.check {
+        let gc_flags = args.gc_only
+            || args.no_gc
+            || args.keep_untagged
+            || args.prune_referrers
+            || args.gc_while_serving
+            || args.allow_hazards;
+        if retention.is_some() || args.all || args.dry_run || gc_flags {
+            errors.push("--check is read-only: it takes TARGETs (or none, for the whole store) and --verify-content, not removal, retention or GC options".into());
+        }
+    } else if !selects && !args.gc_only {
         errors.push(if retention.is_some() {
             "a retention option applies to TARGET repositories or to --all; name them (regclean never cleans the whole registry by accident)".into()
         } else {
@@ -317,10 +349,15 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             retention,
             scope: if args.all { Scope::All } else { Scope::Targets },
         },
-        mode: if args.dry_run {
-            Mode::DryRun
+        mode: match (args.check, args.dry_run) {
+            (true, _) => Mode::Check,
+            (false, true) => Mode::DryRun,
+            (false, false) => Mode::Apply,
+        },
+        verify: if args.verify_content {
+            Verify::Content
         } else {
-            Mode::Apply
+            Verify::Structure
         },
         root: args.root,
         config: args.config,

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod apply;
 pub mod blobs;
+pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod config;

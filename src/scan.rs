@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 /// Everything found under `repositories/`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Inventory {
     /// Repositories sorted by name. A directory is a repository when it holds `_manifests`,
     /// `_layers` or `_uploads` (2.8 itself needs `_layers`, v3 `_manifests`; regclean lists

@@ -1,0 +1,419 @@
+//! `--check`: a read-only integrity check. It finds the tags that are already broken (by 2.8's
+//! `--delete-untagged`, by pushes during a GC, by other cleaners) before anyone trusts a clean,
+//! and the store hazards that would make the registry's GC misbehave. It never writes to the
+//! store, not even a lock file.
+
+use crate::blobs::Blobs;
+use crate::digest::{Digest, Link};
+use crate::fsx::DirFd;
+use crate::hazard::{self, Hazard};
+use crate::manifest::{Db, Kind, Problem};
+use crate::scan::{Inventory, Repo};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Kinds of finding; the names are stable (`--json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A tag without `current/link`.
+    TagLinkMissing,
+    /// A tag whose `current/link` is empty or malformed.
+    TagLinkMalformed,
+    /// A tag pointing at a manifest without a revision link in the repository.
+    TagRevisionMissing,
+    /// A manifest reachable from a tag whose blob is missing.
+    ManifestBlobMissing,
+    /// A manifest reachable from a tag that cannot be parsed.
+    ManifestUnparsable,
+    /// An index child with no revision link in the repository (2.8 `-m` damage).
+    ChildRevisionMissing,
+    /// A config or layer whose blob is missing.
+    BlobMissing,
+    /// A config or layer without a `_layers` link: not pullable through this repository.
+    LayerLinkMissing,
+    /// A blob whose content does not hash to its digest (`--verify-content`).
+    BlobCorrupt,
+    /// A store hazard for the registry's GC.
+    Hazard,
+    /// Trash left by an interrupted regclean run.
+    LeftoverTrash,
+    /// An upload started more than a day ago.
+    StaleUpload,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Finding {
+    /// What.
+    pub kind: FindingKind,
+    /// Repository (empty for store-level findings).
+    pub repo: String,
+    /// Tag, when one is concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Digest, when one is concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// What is wrong.
+    pub detail: String,
+    /// What a user can do about it.
+    pub advice: String,
+}
+
+/// Content verification throughput.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verified {
+    /// Blobs hashed.
+    pub blobs: usize,
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// MiB per second.
+    pub mib_per_s: f64,
+}
+
+const REPUSH: &str = "re-push the image, or remove the tag (regclean REPO:TAG)";
+
+/// Checks the repositories in `inv` (already restricted to the targets, if any).
+pub fn check_repos(inv: &Inventory, db: &Db, blobs: &Blobs) -> Vec<Finding> {
+    inv.repos
+        .par_iter()
+        .flat_map_iter(|r| check_repo(r, db, blobs))
+        .collect()
+}
+
+fn finding(
+    kind: FindingKind,
+    repo: &Repo,
+    tag: Option<&str>,
+    digest: Option<Digest>,
+    detail: String,
+    advice: &str,
+) -> Finding {
+    Finding {
+        kind,
+        repo: repo.name.clone(),
+        tag: tag.map(str::to_string),
+        digest,
+        detail,
+        advice: advice.to_string(),
+    }
+}
+
+fn check_repo(r: &Repo, db: &Db, blobs: &Blobs) -> Vec<Finding> {
+    use FindingKind::*;
+    let mut out = Vec::new();
+    let mut seen: BTreeSet<(Digest, Option<Digest>)> = BTreeSet::new();
+    for t in &r.tags {
+        let d = match t.current {
+            Link::Ok(d) => d,
+            Link::Missing => {
+                out.push(finding(
+                    TagLinkMissing,
+                    r,
+                    Some(&t.name),
+                    None,
+                    "the tag has no current/link".into(),
+                    "remove the tag (regclean REPO:TAG) or re-push it",
+                ));
+                continue;
+            }
+            Link::Empty | Link::Malformed => {
+                out.push(finding(
+                    TagLinkMalformed,
+                    r,
+                    Some(&t.name),
+                    None,
+                    "current/link is empty or not 'sha256:<64 hex>'".into(),
+                    REPUSH,
+                ));
+                continue;
+            }
+        };
+        if !r.has_revision(&d) {
+            out.push(finding(
+                TagRevisionMissing,
+                r,
+                Some(&t.name),
+                Some(d),
+                format!("points at {d}, which has no revision link in {}", r.name),
+                REPUSH,
+            ));
+        }
+        // Walk the tag's manifests: the tag, then children of indexes, recursively.
+        let mut stack = vec![(d, None::<Digest>)];
+        while let Some((m, parent)) = stack.pop() {
+            if !seen.insert((m, parent)) {
+                continue;
+            }
+            if let Some(parent) = parent.filter(|_| !r.has_revision(&m)) {
+                out.push(finding(ChildRevisionMissing, r, Some(&t.name), Some(m), format!("child of index {} has no revision link in {}: clients get MANIFEST_UNKNOWN (the damage of 2.8's --delete-untagged)", parent, r.name), REPUSH));
+            }
+            match db.problem(&m) {
+                Some(Problem::MissingBlob) => {
+                    out.push(finding(
+                        ManifestBlobMissing,
+                        r,
+                        Some(&t.name),
+                        Some(m),
+                        "the manifest's blob is missing".into(),
+                        REPUSH,
+                    ));
+                    continue;
+                }
+                Some(Problem::Unparsable(why)) => {
+                    out.push(finding(
+                        ManifestUnparsable,
+                        r,
+                        Some(&t.name),
+                        Some(m),
+                        format!("the manifest cannot be parsed: {why}"),
+                        REPUSH,
+                    ));
+                    continue;
+                }
+                None => {}
+            }
+            let Some(man) = db.get(&m) else { continue };
+            if man.kind == Kind::Index {
+                stack.extend(man.refs.iter().map(|c| (*c, Some(m))));
+                continue;
+            }
+            for b in &man.refs {
+                if !blobs.sizes.contains_key(b) {
+                    out.push(finding(
+                        BlobMissing,
+                        r,
+                        Some(&t.name),
+                        Some(*b),
+                        format!("blob referenced by manifest {m} is missing"),
+                        REPUSH,
+                    ));
+                } else if !r.has_layer(b) {
+                    out.push(finding(LayerLinkMissing, r, Some(&t.name), Some(*b), format!("blob referenced by manifest {m} has no _layers link in {}: not pullable through this repository", r.name), REPUSH));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Store-level findings: GC hazards, leftover trash, stale uploads.
+pub fn check_store(
+    inv: &Inventory,
+    db: &Db,
+    repos_dir: Option<&DirFd>,
+    state: Option<&DirFd>,
+    now: SystemTime,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut hz: Vec<Hazard> = hazard::check(inv, db);
+    if let Some(r) = repos_dir {
+        hz.extend(hazard::check_revision_links(r, inv));
+    }
+    for h in hz {
+        out.push(Finding {
+            kind: FindingKind::Hazard,
+            repo: String::new(),
+            tag: None,
+            digest: None,
+            detail: format!("{:?} at {}", h.kind, h.at),
+            advice: h.detail,
+        });
+    }
+    if let Some(n) = state
+        .and_then(|s| crate::trash::leftover_runs(s).ok())
+        .filter(|n| *n > 0)
+    {
+        out.push(Finding {
+            kind: FindingKind::LeftoverTrash,
+            repo: String::new(),
+            tag: None,
+            digest: None,
+            detail: format!(
+                "{n} trash director(ies) left by interrupted regclean runs in .regclean/trash"
+            ),
+            advice: "run regclean again (any removal or --gc-only empties the trash)".into(),
+        });
+    }
+    if let Some(rd) = repos_dir {
+        for r in inv.repos.iter().filter(|r| r.uploads > 0) {
+            out.extend(stale_uploads(rd, r, now));
+        }
+    }
+    out
+}
+
+fn stale_uploads(repos_dir: &DirFd, r: &Repo, now: SystemTime) -> Vec<Finding> {
+    let Ok(mut up) = crate::apply::open_repo(repos_dir, &r.name).and_then(|d| d.sub("_uploads"))
+    else {
+        return Vec::new();
+    };
+    let Ok(entries) = up.entries() else {
+        return Vec::new();
+    };
+    let day_ago = now - Duration::from_secs(86_400);
+    entries
+        .iter()
+        .filter(|e| up.stat(&e.name).map(|st| crate::fsx::mtime(&st) < day_ago).unwrap_or(false))
+        .map(|e| Finding {
+            kind: FindingKind::StaleUpload,
+            repo: r.name.clone(),
+            tag: None,
+            digest: None,
+            detail: format!("upload {} started more than a day ago", e.name.to_string_lossy()),
+            advice: "abandoned uploads only take space: the registry's upload purging or removing the repository's _uploads entry frees it".into(),
+        })
+        .collect()
+}
+
+/// Hashes every blob (in parallel) and reports those whose content does not match.
+pub fn verify_content(v2: &DirFd, blobs: &Blobs) -> (Vec<Finding>, Verified) {
+    let start = Instant::now();
+    let list: Vec<(&Digest, &u64)> = blobs.sizes.iter().collect();
+    let bad: Vec<Finding> = list
+        .par_iter()
+        .filter_map(|(d, _)| {
+            let h = d.hex();
+            let dir = v2.sub("blobs").and_then(|b| b.sub("sha256")?.sub(&h[..2])?.sub(&h)).ok()?;
+            let ok = hash_file(&dir).map(|x| x == d.0);
+            match ok {
+                Ok(true) => None,
+                Ok(false) | Err(_) => Some(Finding {
+                    kind: FindingKind::BlobCorrupt,
+                    repo: String::new(),
+                    tag: None,
+                    digest: Some(**d),
+                    detail: format!("blobs/sha256/{}/{h}/data does not hash to its digest", &h[..2]),
+                    advice: "re-push every image using this blob (regclean --check names them as broken once the blob is removed)".into(),
+                }),
+            }
+        })
+        .collect();
+    let bytes: u64 = blobs.sizes.values().sum();
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    (
+        bad,
+        Verified {
+            blobs: list.len(),
+            bytes,
+            mib_per_s: (bytes as f64 / 1_048_576.0 / secs * 10.0).round() / 10.0,
+        },
+    )
+}
+
+fn hash_file(dir: &DirFd) -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let fd = nix::fcntl::openat(
+        dir.as_fd(),
+        "data",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(crate::error::errno)?;
+    let mut f = std::fs::File::from(fd);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// The check's report.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// The storage root checked.
+    pub root: String,
+    /// Repositories checked.
+    pub repositories: usize,
+    /// Tags checked.
+    pub tags: usize,
+    /// Everything found, sorted by repository.
+    pub findings: Vec<Finding>,
+    /// Named targets that do not exist.
+    pub missing: Vec<crate::plan::Missing>,
+    /// Content verification, with `--verify-content`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+    /// Exit code: 0 clean, 1 anything broken.
+    pub exit_code: i32,
+}
+
+impl CheckReport {
+    /// Human form, grouped by repository.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let mut last: Option<&str> = None;
+        for f in &self.findings {
+            let group = if f.repo.is_empty() {
+                "(store)"
+            } else {
+                f.repo.as_str()
+            };
+            if last != Some(group) {
+                let _ = writeln!(s, "{group}");
+                last = Some(group);
+            }
+            let kind = serde_json::to_value(f.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let tag = f
+                .tag
+                .as_deref()
+                .map(|t| format!(" tag {t}"))
+                .unwrap_or_default();
+            let d = f.digest.map(|d| format!(" {d}")).unwrap_or_default();
+            let _ = writeln!(s, "  {kind}{tag}{d}: {}", f.detail);
+            let _ = writeln!(s, "    -> {}", f.advice);
+        }
+        for m in &self.missing {
+            let _ = writeln!(s, "missing: {}: {}", m.target, m.reason);
+        }
+        if let Some(v) = &self.verified {
+            let _ = writeln!(
+                s,
+                "verified {} blobs, {} at {} MiB/s",
+                v.blobs,
+                crate::report::human_bytes(v.bytes),
+                v.mib_per_s
+            );
+        }
+        let broken: BTreeSet<&str> = self
+            .findings
+            .iter()
+            .map(|f| f.repo.as_str())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if self.findings.is_empty() {
+            let _ = writeln!(
+                s,
+                "Check: clean ({} repositories, {} tags) in {}.",
+                self.repositories, self.tags, self.root
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "Check: {} problem(s), {} repositor{} affected ({} repositories, {} tags checked) in {}.",
+                self.findings.len(),
+                broken.len(),
+                if broken.len() == 1 { "y" } else { "ies" },
+                self.repositories,
+                self.tags,
+                self.root
+            );
+        }
+        s
+    }
+}
