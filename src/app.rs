@@ -47,6 +47,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
             }
             report.exit_code
         }
+        Err(Error::NothingToDo) => Exit::Done.code(),
         Err(e) => fail(&settings, e),
     }
 }
@@ -233,6 +234,16 @@ pub fn open_store(loc: &Location) -> Result<Store> {
 pub fn run(settings: &Settings) -> Result<Report> {
     let mut timer = crate::timing::Timer::default();
     let loc = locate(settings)?;
+    if settings.store == cli::StorePolicy::SkipMissing
+        && loc.root.is_dir()
+        && !loc.root.join("docker/registry/v2").exists()
+    {
+        println!(
+            "regclean: {} holds no registry store yet (nothing pushed): nothing to do",
+            loc.root.display()
+        );
+        return Err(Error::NothingToDo);
+    }
     let store = open_store(&loc)?;
     tracing::info!("storage root {}", loc.root.display());
 

@@ -84,6 +84,11 @@ pub struct Args {
     #[arg(long)]
     pub ignore_missing: bool,
 
+    /// When the storage root exists but holds no registry store yet (a fresh volume), say so
+    /// and exit 0 instead of 2: for the entrypoint hook.
+    #[arg(long, env = "REGCLEAN_SKIP_MISSING_STORE")]
+    pub skip_missing_store: bool,
+
     /// Wait for another regclean on the same store to finish instead of refusing (exit 3).
     #[arg(long)]
     pub wait: bool,
@@ -174,6 +179,15 @@ pub enum Mode {
     Check,
 }
 
+/// What a root without a registry store means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorePolicy {
+    /// A usage error (exit 2): a typo'd root must not look like success.
+    Require,
+    /// Nothing to do, exit 0 (`--skip-missing-store`, for a fresh volume at container start).
+    SkipMissing,
+}
+
 /// How deep `--check` looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
@@ -218,6 +232,8 @@ pub struct Settings {
     pub missing: MissingPolicy,
     /// `--wait`.
     pub wait: WaitMode,
+    /// `--skip-missing-store`.
+    pub store: StorePolicy,
     /// `--json`.
     pub output: Output,
     /// Default log filter (`RUST_LOG` overrides it).
@@ -361,6 +377,11 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
         },
         root: args.root,
         config: args.config,
+        store: if args.skip_missing_store {
+            StorePolicy::SkipMissing
+        } else {
+            StorePolicy::Require
+        },
         missing: if args.ignore_missing {
             MissingPolicy::Ignore
         } else {

@@ -25,6 +25,9 @@ pub enum Error {
     },
     /// Any other failure (exit 1).
     Failed(String),
+    /// Not an error: the run found nothing to work on (`--skip-missing-store` on a fresh
+    /// volume) and said so; exit 0.
+    NothingToDo,
 }
 
 /// Shorthand used across the crate.
@@ -46,6 +49,7 @@ impl Error {
             Error::Usage(_) => Exit::Usage,
             Error::Unsafe(_) => Exit::Unsafe,
             Error::Io { .. } | Error::Failed(_) => Exit::Failed,
+            Error::NothingToDo => Exit::Done,
         }
     }
 }
@@ -54,6 +58,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(m) | Error::Unsafe(m) | Error::Failed(m) => f.write_str(m),
+            Error::NothingToDo => f.write_str("nothing to do"),
             Error::Io { op, path, source } => {
                 write!(f, "{op} {}: {source}", path.display())
             }
