@@ -498,3 +498,18 @@ pub fn assert_same(before: &[(String, Vec<u8>)], after: &[(String, Vec<u8>)], wh
     diffs.truncate(10);
     panic!("{why}: {}", diffs.join("\n"));
 }
+
+impl Registry {
+    /// A handle on a registry someone else runs (a container) on `port`, serving `root`.
+    pub fn external(port: u16, root: &Path) -> Registry {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("config.yml");
+        Registry {
+            tmp,
+            root: root.to_path_buf(),
+            config,
+            port,
+            child: None,
+        }
+    }
+}
