@@ -67,6 +67,10 @@ for size in $SIZES; do
     run_timed "" "RAYON_NUM_THREADS=1 '$BIN' --root '$S' --config /dev/null --dry-run --all --keep-last 5"
     row "$size" "same, 1 thread" "RAYON_NUM_THREADS=1 regclean --dry-run ..." "$(ratio "$MED" "$RC") of 2 threads"
     echo "| $size | per million files | regclean dry run | $(awk -v t="$RC" -v f="$files" 'BEGIN{printf "%.2f", t*1e6/f}') s | | |"
+    run_timed "" "'$BIN' --root '$S' --config /dev/null --check"; CHK=$MED
+    row "$size" "integrity check" "regclean --check" "$(ratio "$CHK" "$FIND") of find; $(awk -v t="$CHK" -v f="$files" 'BEGIN{printf "%.2f", t*1e6/f}') s per million files"
+    run_timed "" "'$BIN' --root '$S' --config /dev/null --check --verify-content"
+    row "$size" "integrity check, hashing every blob" "regclean --check --verify-content" "$(ratio "$MED" "$CHK") of --check"
 
     # 2. Removal of many repositories against rm -rf of the same directories.
     C=$WORK/$size.copy

@@ -309,14 +309,9 @@ pub fn verify_content(v2: &DirFd, blobs: &Blobs) -> (Vec<Finding>, Verified) {
 
 fn hash_file(dir: &DirFd) -> std::io::Result<[u8; 32]> {
     use std::io::Read;
-    let fd = nix::fcntl::openat(
-        dir.as_fd(),
-        "data",
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(crate::error::errno)?;
-    let mut f = std::fs::File::from(fd);
+    let mut f = dir
+        .open_file("data")
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

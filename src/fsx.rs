@@ -145,37 +145,28 @@ impl DirFd {
         fstat(self.dir.as_fd()).map_err(|e| Error::io("reading metadata of", &self.path, errno(e)))
     }
 
+    /// Opens the regular file `name` for reading, refusing a symlink.
+    pub fn open_file(&self, name: impl AsRef<OsStr>) -> Result<std::fs::File> {
+        let name = name.as_ref();
+        let fd = openat(
+            self.dir.as_fd(),
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("reading", self.child_path(name), errno(e)))?;
+        Ok(std::fs::File::from(fd))
+    }
+
     /// Reads a small regular file (at most `max` bytes; more is reported as `max + 1` bytes
     /// read, which callers treat as malformed). Refuses a symlink.
     pub fn read_small(&self, name: impl AsRef<OsStr>, max: usize) -> Result<Vec<u8>> {
         let name = name.as_ref();
-        let fd = openat(
-            self.dir.as_fd(),
-            name,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io("reading", self.child_path(name), errno(e)))?;
-        let mut buf = Vec::with_capacity(max + 1);
-        std::fs::File::from(fd)
+        // Links are 71 bytes and manifests a few KiB: start small, grow if needed (a
+        // max-sized buffer per call would be an mmap per manifest).
+        let mut buf = Vec::with_capacity((max + 1).min(4096));
+        self.open_file(name)?
             .take(max as u64 + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io("reading", self.child_path(name), e))?;
-        Ok(buf)
-    }
-
-    /// Reads a whole regular file without following a symlink.
-    pub fn read_all(&self, name: impl AsRef<OsStr>) -> Result<Vec<u8>> {
-        let name = name.as_ref();
-        let fd = openat(
-            self.dir.as_fd(),
-            name,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io("reading", self.child_path(name), errno(e)))?;
-        let mut buf = Vec::new();
-        std::fs::File::from(fd)
             .read_to_end(&mut buf)
             .map_err(|e| Error::io("reading", self.child_path(name), e))?;
         Ok(buf)

@@ -110,7 +110,8 @@ pub fn check_revision_links(repos_dir: &DirFd, inv: &Inventory) -> Vec<Hazard> {
             let Ok(revs) = revs else { return out };
             for d in &r.revisions {
                 let hex = d.hex();
-                let content = revs.sub(&hex).and_then(|x| x.read_small("link", crate::digest::LINK_LEN));
+                // `hex` was listed as a directory by the scan; the link itself is not followed.
+                let content = revs.read_small(format!("{hex}/link"), crate::digest::LINK_LEN);
                 let ok = matches!(content.as_deref().map(Link::from_content), Ok(Link::Ok(c)) if c == *d);
                 if !ok {
                     out.push(Hazard {

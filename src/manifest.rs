@@ -230,16 +230,11 @@ impl Db {
 /// Reads a blob's data (from the `blobs` directory handle). Manifests are small; a 4 MiB cap
 /// matches the registry's own limit on manifest size.
 fn read_blob(blobs: &DirFd, d: &Digest) -> Result<Vec<u8>, Problem> {
+    // One openat of `sha256/xx/hex/data`: the fixed-name directories on the way are resolved by
+    // the kernel (read-only, so a planted symlink there could only feed us a bogus manifest,
+    // exactly as it would the registry); `data` itself is opened without following.
     let h = d.hex();
-    let dir = match blobs
-        .sub("sha256")
-        .and_then(|s| s.sub(&h[..2]))
-        .and_then(|s| s.sub(&h))
-    {
-        Ok(dir) => dir,
-        Err(_) => return Err(Problem::MissingBlob),
-    };
-    match dir.read_small("data", 4 << 20) {
+    match blobs.read_small(format!("sha256/{}/{h}/data", &h[..2]), 4 << 20) {
         Ok(b) => Ok(b),
         Err(crate::error::Error::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
