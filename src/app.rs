@@ -333,6 +333,13 @@ pub fn run(settings: &Settings) -> Result<Report> {
     for m in &plan.missing {
         tracing::error!("missing target {}: {}", m.target, m.reason);
     }
+    // Nothing unreachable and nothing pruned: the registry's collector would sweep nothing
+    // (its dry run is tested to match the prediction), so spare the two walks of the store.
+    if prep.run && prep.report.predicted_blobs == 0 && prep.report.pruned.is_empty() {
+        prep.run = false;
+        prep.report.reason = Some("nothing to collect: no blob became unreachable".into());
+        prep.report.restart_required = false;
+    }
     if let (true, Some(bin), Some(state)) = (prep.run, prep.bin.clone(), &state) {
         let cfg = collect::gc_config(
             loc.config

@@ -204,6 +204,13 @@ impl Report {
                     human_bytes(g.predicted_bytes)
                 );
             }
+            GcStatus::Done if g.registry_summary.is_none() => {
+                let _ = writeln!(
+                    s,
+                    "GC: {}.",
+                    g.reason.as_deref().unwrap_or("nothing to collect")
+                );
+            }
             GcStatus::Done => {
                 let _ = writeln!(
                     s,

@@ -137,6 +137,13 @@ fn full_clean_frees_exactly_the_unneeded_blobs_and_everything_left_pulls() {
         assert!(blob_exists(&w.r.root, &d), "{d} must stay");
     }
 
+    // A second collection finds nothing and does not run the registry's collector again.
+    let o = w.r.regclean(&["--json", "--gc-only"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let gc = json(&o)["gc"].clone();
+    assert_eq!(gc["predicted_blobs"], 0, "{gc}");
+    assert!(gc.get("registry_summary").is_none(), "{gc}");
+
     w.r.serve(&[]);
     w.r.assert_pull(&["app:v2", "list:v1", "multi:amd64", "team/app/api:v1"]);
     w.r.assert_gone(&["app:v1", "multi:v1", "team/app:v1"]);
