@@ -64,8 +64,10 @@ for size in $SIZES; do
     row "$size" "baseline: registry GC dry run" "registry garbage-collect --dry-run" "1.00×"
     run_timed "" "'$BIN' --root '$S' --config /dev/null --dry-run --all --keep-last 5"; RC=$MED
     row "$size" "inventory + plan + GC prediction" "regclean --dry-run --all --keep-last 5" "$(ratio "$RC" "$FIND") of find, $(ratio "$RC" "$REGDRY") of registry dry run"
+    run_timed "" "RAYON_NUM_THREADS=2 '$BIN' --root '$S' --config /dev/null --dry-run --all --keep-last 5"; RC2=$MED
+    row "$size" "same, 2 threads (default: 4 per core)" "RAYON_NUM_THREADS=2 regclean --dry-run ..." "$(ratio "$RC2" "$RC") of default"
     run_timed "" "RAYON_NUM_THREADS=1 '$BIN' --root '$S' --config /dev/null --dry-run --all --keep-last 5"
-    row "$size" "same, 1 thread" "RAYON_NUM_THREADS=1 regclean --dry-run ..." "$(ratio "$MED" "$RC") of 2 threads"
+    row "$size" "same, 1 thread" "RAYON_NUM_THREADS=1 regclean --dry-run ..." "$(ratio "$MED" "$RC2") of 2 threads"
     echo "| $size | per million files | regclean dry run | $(awk -v t="$RC" -v f="$files" 'BEGIN{printf "%.2f", t*1e6/f}') s | | |"
     run_timed "" "'$BIN' --root '$S' --config /dev/null --check"; CHK=$MED
     row "$size" "integrity check" "regclean --check" "$(ratio "$CHK" "$FIND") of find; $(awk -v t="$CHK" -v f="$files" 'BEGIN{printf "%.2f", t*1e6/f}') s per million files"

@@ -25,6 +25,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
         Err(code) => return code.code(),
     };
     init_logging(settings.log_filter);
+    init_threads();
     if settings.mode == Mode::Check {
         return match run_check(&settings) {
             Ok(r) => {
@@ -147,6 +148,23 @@ pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
             Exit::Done.code()
         },
     })
+}
+
+/// The worker pool: 4 threads per core (4 to 32) unless `RAYON_NUM_THREADS` says otherwise.
+/// Why more threads than cores: on a store larger than the page cache the walk waits on
+/// metadata reads, and more requests in flight keep the disk busy (the large benchmark store,
+/// 2.9M files: 73 s with 8 threads against 98–157 s with 2); on a warm cache it costs nothing
+/// measurable.
+fn init_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads((cores * 4).clamp(4, 32))
+        .build_global();
 }
 
 fn init_logging(default: &str) {
