@@ -25,6 +25,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
         Err(code) => return code.code(),
     };
     init_logging(settings.log_filter);
+    crate::progress::init(settings.log_filter == "error");
     init_threads();
     if settings.mode == Mode::Check {
         return match run_check(&settings) {
@@ -306,6 +307,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     };
 
     timer.lap("start");
+    crate::progress::phase(format_args!("scanning {}", loc.root.display()));
     let inv = scan::scan(&store.v2)?;
     timer.lap("scan");
     for o in &inv.oddities {
@@ -316,6 +318,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let dry = settings.mode == Mode::DryRun;
 
     // Everything that can refuse does so here, before the first change.
+    crate::progress::phase("planning and predicting what collection frees");
     let mut prep = collect::prepare(
         &settings.gc,
         dry,
@@ -330,11 +333,16 @@ pub fn run(settings: &Settings) -> Result<Report> {
     let mut errors = Vec::new();
     let outcomes = match (trash, &repos_dir) {
         (Some(t), Some(r)) => {
+            crate::progress::phase(format_args!(
+                "removing {} tag(s)/repositories and pruning",
+                plan.removals.len()
+            ));
             let o = apply::apply(r, &t, &plan.removals);
             if prep.run {
                 errors.extend(collect::apply_prune(r, &t, &prep.report.pruned));
             }
             timer.lap("apply");
+            crate::progress::phase("deleting the trash");
             deleted = merge(deleted, t.finish());
             timer.lap("delete");
             o

@@ -84,6 +84,10 @@ pub fn run(bin: &Path, config: &Path, root: &Path, dry_run: bool) -> Result<GcRu
         config.display()
     );
     tracing::info!("running {what}");
+    crate::progress::phase(format_args!(
+        "running the registry's garbage-collect{}",
+        if dry_run { " --dry-run" } else { "" }
+    ));
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::Failed(format!("cannot run {what}: {e}")))?;

@@ -22,6 +22,7 @@ pub mod lock;
 pub mod manifest;
 pub mod names;
 pub mod plan;
+pub mod progress;
 pub mod reach;
 pub mod report;
 pub mod retention;

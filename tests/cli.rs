@@ -223,3 +223,31 @@ fn sample_store_is_untouched_by_the_readme_command() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample");
     assert!(!fixture.join(".regclean").exists());
 }
+
+#[test]
+fn progress_lines_only_on_a_terminal() {
+    let (t, root) = fixture("sample");
+    let piped = run_on(&root, &["--dry-run", "team0/app0"]);
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("scanning"),
+        "{}",
+        text(&piped)
+    );
+    // `script` (util-linux) gives regclean a terminal.
+    let cmd = format!(
+        "{} --root {} --config {} --dry-run team0/app0",
+        env!("CARGO_BIN_EXE_regclean"),
+        root.display(),
+        t.path().join("config.yml").display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("regclean: scanning"),
+        "{}",
+        text(&o)
+    );
+}
