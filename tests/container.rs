@@ -270,29 +270,9 @@ fn hook_and_exec(config: &str) {
     let data = p.dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let port = free_port();
-    let nofile = format!("nofile={0}:{0}", hard_nofile().min(20000));
-    let addr = format!("REGISTRY_HTTP_ADDR=127.0.0.1:{port}");
-    let vol = format!("{}:/var/lib/registry", data.display());
     // The policy is in the environment from the start: the first start finds a fresh volume.
-    p.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "reg",
-        "--network",
-        "host",
-        "--ulimit",
-        &nofile,
-        "--ulimit",
-        "nproc=4096:4096",
-        "-e",
-        &addr,
-        "-e",
-        "REGCLEAN_GC=true",
-        "-v",
-        &vol,
-        &image,
-    ]);
+    let o = start(&p, "reg", &image, port, &data, &["REGCLEAN_GC=true"]);
+    assert!(o.status.success(), "{}", text(&o));
     let r = client(port, &data);
     wait_ready(&r);
     let logs = p.ok(&["logs", "reg"]) + &String::from_utf8_lossy(&p.run(&["logs", "reg"]).stderr);
@@ -378,32 +358,16 @@ fn failing_clean_still_starts_the_registry_unless_strict() {
     let data = p.dir.path().join("data");
     std::fs::create_dir_all(data.join("docker/registry/v2/repositories")).unwrap();
     let port = free_port();
-    let nofile = format!("nofile={0}:{0}", hard_nofile().min(20000));
-    let addr = format!("REGISTRY_HTTP_ADDR=127.0.0.1:{port}");
-    let vol = format!("{}:/var/lib/registry", data.display());
     // An invalid target makes the clean fail (exit 2).
     let run = |name: &str, strict: &str| {
-        p.run(&[
-            "run",
-            "-d",
-            "--name",
+        start(
+            &p,
             name,
-            "--network",
-            "host",
-            "--ulimit",
-            &nofile,
-            "--ulimit",
-            "nproc=4096:4096",
-            "-e",
-            &addr,
-            "-e",
-            "REGCLEAN_TARGETS=Bad/Name",
-            "-e",
-            strict,
-            "-v",
-            &vol,
             &image,
-        ])
+            port,
+            &data,
+            &["REGCLEAN_TARGETS=Bad/Name", strict],
+        )
     };
     let o = run("loose", "REGCLEAN_STRICT=false");
     assert!(o.status.success(), "{}", text(&o));
@@ -502,6 +466,35 @@ fn maintenance_window(p: &Podman, r: &Registry, data: &Path) {
         text(&o)
     );
     assert!(!String::from_utf8_lossy(&o.stdout).contains("2/4"));
+}
+
+/// `podman run -d` of `image` as `name`, serving on 127.0.0.1:`port` (host network) with the
+/// store in `data` and the given environment.
+fn start(p: &Podman, name: &str, image: &str, port: u16, data: &Path, env: &[&str]) -> Output {
+    let nofile = format!("nofile={0}:{0}", hard_nofile().min(20000));
+    let addr = format!("REGISTRY_HTTP_ADDR=127.0.0.1:{port}");
+    let vol = format!("{}:/var/lib/registry", data.display());
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--ulimit",
+        &nofile,
+        "--ulimit",
+        "nproc=4096:4096",
+        "-e",
+        &addr,
+        "-v",
+        &vol,
+    ];
+    for e in env {
+        args.extend(["-e", e]);
+    }
+    args.push(image);
+    p.run(&args)
 }
 
 fn hard_nofile() -> u64 {
