@@ -343,7 +343,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
             }
             timer.lap("apply");
             crate::progress::phase("deleting the trash");
-            deleted = merge(deleted, t.finish());
+            deleted.add(t.finish());
             timer.lap("delete");
             o
         }
@@ -408,17 +408,6 @@ pub fn run(settings: &Settings) -> Result<Report> {
         timings_ms: timer,
         exit_code: 0,
     };
-    report.exit_code = report.exit(settings.missing == MissingPolicy::Fail).code();
+    report.exit_code = report.exit(settings.missing).code();
     Ok(report)
 }
-
-fn merge(mut a: Deleted, b: Deleted) -> Deleted {
-    a.files += b.files;
-    a.dirs += b.dirs;
-    a.bytes += b.bytes;
-    a.errors.extend(b.errors);
-    a
-}
-
-/// Re-exported so tests can name the exit enum from here.
-pub type ExitCode = Exit;

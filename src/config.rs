@@ -92,7 +92,8 @@ pub fn find_config(explicit: Option<&Path>, defaults: &[&str]) -> Result<Option<
     Ok(None)
 }
 
-fn get<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+/// The value at `keys` (a path of mapping keys), if every step exists.
+pub fn get<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
     keys.iter().try_fold(v, |v, k| v.as_mapping()?.get(*k))
 }
 

@@ -66,8 +66,11 @@ pub fn serving(root: &Path) -> Vec<Serving> {
             .get("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")
             .cloned()
             .or_else(|| {
-                cfg.as_ref()
-                    .and_then(|c| yaml_str(&c.yaml, &["storage", "filesystem", "rootdirectory"]))
+                cfg.as_ref().and_then(|c| {
+                    config::get(&c.yaml, &["storage", "filesystem", "rootdirectory"])?
+                        .as_str()
+                        .map(str::to_string)
+                })
             })
             .unwrap_or_else(|| config::DEFAULT_ROOT.to_string());
         let same = match std::fs::metadata(in_proc_root(&proc_root, Path::new(&their_root))) {
@@ -117,13 +120,6 @@ fn read_environ(proc_dir: &Path) -> HashMap<String, String> {
         .collect()
 }
 
-fn yaml_str(v: &serde_yaml_ng::Value, keys: &[&str]) -> Option<String> {
-    keys.iter()
-        .try_fold(v, |v, k| v.as_mapping()?.get(*k))?
-        .as_str()
-        .map(str::to_string)
-}
-
 /// Is a registry with this environment and config read-only? The registry reads
 /// `storage.maintenance.readonly.enabled`; the working environment form is
 /// `REGISTRY_STORAGE_MAINTENANCE_READONLY='{"enabled":true}'` (YAML/JSON), which replaces the
@@ -137,12 +133,8 @@ pub fn readonly(env: &HashMap<String, String>, cfg: Option<&config::RegistryConf
     if let Some(v) = env.get("REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED") {
         return v.trim() == "true";
     }
-    cfg.and_then(|c| {
-        ["storage", "maintenance", "readonly"]
-            .iter()
-            .try_fold(&c.yaml, |v, k| v.as_mapping()?.get(*k))
-    })
-    .is_some_and(enabled)
+    cfg.and_then(|c| config::get(&c.yaml, &["storage", "maintenance", "readonly"]))
+        .is_some_and(enabled)
 }
 
 fn enabled(v: &serde_yaml_ng::Value) -> bool {

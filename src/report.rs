@@ -1,6 +1,7 @@
 //! The report: one summary of the run, printed as text or as one JSON object on stdout.
 
 use crate::apply::Outcome;
+use crate::cli::MissingPolicy;
 use crate::collect::{GcReport, GcStatus};
 use crate::config::RootSource;
 use crate::exit::Exit;
@@ -47,13 +48,13 @@ pub struct Report {
 
 impl Report {
     /// The exit code for this report under the missing-target policy.
-    pub fn exit(&self, missing_fails: bool) -> Exit {
+    pub fn exit(&self, missing: MissingPolicy) -> Exit {
         let failed = self.removals.iter().any(|o| o.error.is_some())
             || !self.deleted.errors.is_empty()
             || !self.errors.is_empty();
         if self.gc.status == GcStatus::Refused {
             Exit::Unsafe
-        } else if failed || (missing_fails && !self.missing.is_empty()) {
+        } else if failed || (missing == MissingPolicy::Fail && !self.missing.is_empty()) {
             Exit::Failed
         } else {
             Exit::Done

@@ -31,7 +31,8 @@ pub struct Deleted {
 }
 
 impl Deleted {
-    fn add(&mut self, o: Deleted) {
+    /// Adds another deletion's counts and errors to these.
+    pub fn add(&mut self, o: Deleted) {
         self.files += o.files;
         self.dirs += o.dirs;
         self.bytes += o.bytes;
