@@ -211,6 +211,26 @@ pub fn open_store(loc: &Location) -> Result<Store> {
         ),
         config::RootSource::Default => "the default; set --root".to_string(),
     };
+    // A symlink at the root itself is the administrator's choice (`/var/lib/registry ->
+    // /data/registry` is common): follow it there, and only there; say so.
+    let resolved;
+    let root_path = match std::fs::symlink_metadata(root_path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = std::fs::canonicalize(root_path).map_err(|e| {
+                Error::Usage(format!(
+                    "storage root {} ({from}) is a symlink that does not resolve: {e}",
+                    root_path.display()
+                ))
+            })?;
+            tracing::info!(
+                "storage root {} is a symlink to {}: following it (symlinks inside the store never are)",
+                root_path.display(),
+                resolved.display()
+            );
+            &resolved
+        }
+        _ => root_path,
+    };
     let root = DirFd::open(root_path).map_err(|e| match e {
         Error::Io { source, .. } => Error::Usage(format!(
             "storage root {} ({from}): {source}",
@@ -250,6 +270,12 @@ pub fn open_store(loc: &Location) -> Result<Store> {
 }
 
 /// Runs the pipeline and returns the report (also for a dry run).
+///
+/// Nothing is written before the last point where the run can refuse: the lock is an `flock`
+/// on the root directory (no file), the state directory and the trash are created only once
+/// the plan, the live guard, the hazard checks and the registry binary all said yes. A dry run
+/// never writes at all. A refusal that can only come later (the registry's own dry run) puts
+/// everything back from the trash, so exit 3 still means "nothing was changed".
 pub fn run(settings: &Settings) -> Result<Report> {
     let mut timer = crate::timing::Timer::default();
     let loc = locate(settings)?;
@@ -265,46 +291,13 @@ pub fn run(settings: &Settings) -> Result<Report> {
     }
     let store = open_store(&loc)?;
     tracing::info!("storage root {}", loc.root.display());
-
-    // The state directory holds the lock and the trash; creating it (and the lock file) is the
-    // only write a dry run makes, and a dry run on a read-only store goes on without it.
-    let state = match store.root.ensure_sub(STATE_DIR) {
-        Ok(s) => Some(s),
-        Err(e) if settings.mode == Mode::DryRun => {
-            tracing::warn!("dry run without lock: {e}");
-            None
-        }
-        Err(e) => return Err(e),
-    };
-    let _lock = match &state {
-        Some(s) => match lock::acquire(s, settings.wait) {
-            Ok(l) => Some(l),
-            Err(e @ Error::Unsafe(_)) => return Err(e),
-            Err(e) if settings.mode == Mode::DryRun => {
-                tracing::warn!("dry run without lock: {e}");
-                None
-            }
-            Err(e) => return Err(e),
-        },
-        None => None,
-    };
-    let leftover = match &state {
-        Some(s) => trash::leftover_runs(s)?,
+    let _lock = lock::acquire(&store.root, settings.wait)?;
+    let dry = settings.mode == Mode::DryRun;
+    let leftover = match store.root.sub_opt(STATE_DIR)? {
+        Some(s) => trash::leftover_runs(&s)?,
         None => 0,
     };
     let repos_dir = store.v2.sub_opt("repositories")?;
-    let mut deleted = Deleted::default();
-    let trash = match (settings.mode, &state, &repos_dir) {
-        (Mode::Apply, Some(s), Some(r)) => {
-            let t = Trash::create(s, r)?;
-            if leftover > 0 {
-                tracing::warn!("emptying trash left by {leftover} interrupted run(s)");
-            }
-            deleted = t.empty_leftovers();
-            Some(t)
-        }
-        _ => None,
-    };
 
     timer.lap("start");
     crate::progress::phase(format_args!("scanning {}", loc.root.display()));
@@ -315,35 +308,98 @@ pub fn run(settings: &Settings) -> Result<Report> {
     }
     let plan = plan::plan(&inv, &settings.request, SystemTime::now());
     timer.lap("plan");
-    let dry = settings.mode == Mode::DryRun;
 
     // Everything that can refuse does so here, before the first change.
     crate::progress::phase("planning and predicting what collection frees");
+    let serving = crate::live::serving(&loc.root);
     let mut prep = collect::prepare(
         &settings.gc,
-        dry,
-        &loc.root,
-        &store.v2,
-        repos_dir.as_ref(),
-        &inv,
-        &plan.removals,
+        collect::Inputs {
+            dry_run: dry,
+            v2: &store.v2,
+            repos_dir: repos_dir.as_ref(),
+            inv: &inv,
+            plan: &plan,
+            serving,
+        },
     )?;
     timer.lap("predict");
+    for m in &plan.missing {
+        match settings.missing {
+            MissingPolicy::Fail => tracing::error!("missing target {}: {}", m.target, m.reason),
+            _ => tracing::info!("missing target {} (ignored): {}", m.target, m.reason),
+        }
+    }
 
     let mut errors = Vec::new();
-    let outcomes = match (trash, &repos_dir) {
-        (Some(t), Some(r)) => {
+    let mut deleted = Deleted::default();
+    let mut rolled_back = false;
+    let outcomes = match (&repos_dir, dry) {
+        (Some(r), false) => {
+            let (t, made) = create_trash(&store.root, r)?;
             crate::progress::phase(format_args!(
                 "removing {} tag(s)/repositories and pruning",
                 plan.removals.len()
             ));
-            let o = apply::apply(r, &t, &plan.removals);
+            let o = apply::apply(r, &t, &plan.removals, prep.layers);
             if prep.run {
                 errors.extend(collect::apply_prune(r, &t, &prep.report.pruned));
+                errors.extend(collect::apply_orphan_layers(
+                    r,
+                    &t,
+                    &prep.report.layers_removed,
+                ));
             }
             timer.lap("apply");
-            crate::progress::phase("deleting the trash");
-            deleted.add(t.finish());
+            // Nothing unreachable and nothing pruned: the registry's collector would sweep
+            // nothing (its dry run is tested to match the prediction), so spare two walks.
+            if prep.run && prep.report.predicted_blobs == 0 && prep.report.pruned.is_empty() {
+                prep.run = false;
+                prep.report.reason = Some("nothing to collect: no blob became unreachable".into());
+                prep.report.restart_required = false;
+            }
+            if let (true, Some(bin)) = (prep.run, prep.bin.clone()) {
+                let cfg = collect::gc_config(
+                    loc.config
+                        .as_ref()
+                        .filter(|c| c.yaml.get("version").is_some())
+                        .map(|c| c.path.as_path()),
+                    &loc.root,
+                )?;
+                let r = collect::collect(
+                    &settings.gc,
+                    &mut prep,
+                    &bin,
+                    &cfg,
+                    &loc.root,
+                    &store.v2,
+                    &mut timer,
+                );
+                if let Err(e) = r {
+                    prep.report.status = collect::GcStatus::Failed;
+                    prep.report.reason =
+                        Some("the registry's garbage collector failed; see errors".into());
+                    errors.push(e.to_string());
+                }
+            }
+            if prep.report.status == collect::GcStatus::Refused {
+                // The registry's dry run disagreed after removal: put everything back.
+                let undo = t.undo(&store.v2.sub("repositories")?);
+                rolled_back = undo.is_empty();
+                if rolled_back {
+                    remove_made_state(&store.root, made);
+                } else {
+                    prep.report.status = collect::GcStatus::Failed;
+                    errors.push(format!(
+                        "collection was refused after removal and {} entr(ies) could not be put back: the removals and pruning above took effect",
+                        undo.len()
+                    ));
+                    errors.extend(undo);
+                }
+            } else {
+                crate::progress::phase("deleting the trash");
+                deleted.add(t.finish());
+            }
             timer.lap("delete");
             o
         }
@@ -356,46 +412,13 @@ pub fn run(settings: &Settings) -> Result<Report> {
             })
             .collect(),
     };
-    for m in &plan.missing {
-        tracing::error!("missing target {}: {}", m.target, m.reason);
-    }
-    // Nothing unreachable and nothing pruned: the registry's collector would sweep nothing
-    // (its dry run is tested to match the prediction), so spare the two walks of the store.
-    if prep.run && prep.report.predicted_blobs == 0 && prep.report.pruned.is_empty() {
-        prep.run = false;
-        prep.report.reason = Some("nothing to collect: no blob became unreachable".into());
-        prep.report.restart_required = false;
-    }
-    if let (true, Some(bin), Some(state)) = (prep.run, prep.bin.clone(), &state) {
-        let cfg = collect::gc_config(
-            loc.config
-                .as_ref()
-                .filter(|c| c.yaml.get("version").is_some())
-                .map(|c| c.path.as_path()),
-            state,
-            &loc.root,
-        )?;
-        let r = collect::collect(
-            &settings.gc,
-            &mut prep,
-            &bin,
-            &cfg,
-            &loc.root,
-            &store.v2,
-            &mut timer,
-        );
-        if let Err(e) = r {
-            prep.report.status = collect::GcStatus::Failed;
-            prep.report.reason = Some("the registry's garbage collector failed; see errors".into());
-            errors.push(e.to_string());
-        }
-    }
     timer.lap("report");
     let mut report = Report {
         root: loc.root.display().to_string(),
         root_source: loc.root_source,
         config: loc.config.as_ref().map(|c| c.path.display().to_string()),
         dry_run: dry,
+        rolled_back,
         removals: outcomes,
         missing: plan.missing,
         unmatched: plan.unmatched,
@@ -410,4 +433,49 @@ pub fn run(settings: &Settings) -> Result<Report> {
     };
     report.exit_code = report.exit(settings.missing).code();
     Ok(report)
+}
+
+/// Which state directories a run created (so that a rollback removes exactly those).
+#[derive(Debug, Clone, Copy)]
+struct Made {
+    state: bool,
+    trash: bool,
+}
+
+/// Creates `<root>/.regclean/trash/<run>` — the first write of a run. Refuses (nothing
+/// created) when the state directory would not be on the same file system as
+/// `repositories/` (a removal by rename would fail halfway through a plan).
+fn create_trash(root: &DirFd, repos: &DirFd) -> Result<(Trash, Made)> {
+    let here = match root.sub_opt(STATE_DIR)? {
+        Some(s) => s.self_stat()?.st_dev,
+        None => root.self_stat()?.st_dev,
+    };
+    if here != repos.self_stat()?.st_dev {
+        return Err(Error::Unsafe(format!(
+            "{} and {} are on different file systems: removal by atomic rename is impossible; nothing was changed",
+            root.child_path(STATE_DIR).display(),
+            repos.path().display()
+        )));
+    }
+    let mut made = Made {
+        state: root.sub_opt(STATE_DIR)?.is_none(),
+        trash: true,
+    };
+    let state = root.ensure_sub(STATE_DIR)?;
+    made.trash = state.sub_opt("trash")?.is_none();
+    let t = Trash::create(&state, repos)?;
+    Ok((t, made))
+}
+
+/// After a rollback: removes the state directories this run created (they are empty by
+/// then), so the root is as it was.
+fn remove_made_state(root: &DirFd, made: Made) {
+    if made.trash {
+        if let Ok(Some(s)) = root.sub_opt(STATE_DIR) {
+            let _ = s.rmdir_if_empty("trash");
+        }
+    }
+    if made.state {
+        let _ = root.rmdir_if_empty(STATE_DIR);
+    }
 }

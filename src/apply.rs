@@ -28,6 +28,23 @@ pub struct Outcome {
 /// The parts of a repository that a repository removal takes, in this order.
 pub const REPO_PARTS: [&str; 3] = ["_manifests", "_uploads", "_layers"];
 
+/// Whether a repository removal takes `_layers` too.
+///
+/// Why not always: a serving registry keeps a per-repository blob descriptor cache
+/// (`storage.cache.blobdescriptor: inmemory`, the `registry:2` default). If `_layers` goes
+/// while it serves, a re-push of the same image finds the layers in that cache, skips the
+/// uploads, and no layer link is ever re-created: the push "succeeds", and after the next
+/// restart the image no longer pulls. So next to a writable registry `_layers` stays (the
+/// repository keeps no tags and no manifests; 2.8 still lists it in its catalog) until the
+/// next offline collection removes the layer links of repositories without manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layers {
+    /// Take `_layers` with the rest (no writable registry serves the store).
+    Remove,
+    /// Leave `_layers` for the next offline collection (a writable registry may serve).
+    Keep,
+}
+
 /// Opens `repositories/<name>` one component at a time, never following a symlink.
 pub fn open_repo(repos: &DirFd, name: &str) -> Result<DirFd> {
     let mut parts = name.split('/');
@@ -40,17 +57,19 @@ pub fn open_repo(repos: &DirFd, name: &str) -> Result<DirFd> {
 }
 
 /// Carries out every removal (in plan order); each failure is recorded and the rest go on.
-pub fn apply(repos: &DirFd, trash: &Trash, removals: &[Removal]) -> Vec<Outcome> {
+pub fn apply(repos: &DirFd, trash: &Trash, removals: &[Removal], layers: Layers) -> Vec<Outcome> {
     removals
         .iter()
         .map(|r| Outcome {
             removal: r.clone(),
-            error: apply_one(repos, trash, r).err().map(|e| e.to_string()),
+            error: apply_one(repos, trash, r, layers)
+                .err()
+                .map(|e| e.to_string()),
         })
         .collect()
 }
 
-fn apply_one(repos: &DirFd, trash: &Trash, r: &Removal) -> Result<()> {
+fn apply_one(repos: &DirFd, trash: &Trash, r: &Removal, layers: Layers) -> Result<()> {
     let repo = open_repo(repos, &r.repo)?;
     match &r.what {
         What::Tag { name, .. } => {
@@ -60,6 +79,13 @@ fn apply_one(repos: &DirFd, trash: &Trash, r: &Removal) -> Result<()> {
         }
         What::Repository { .. } => {
             for part in REPO_PARTS {
+                if part == "_layers" && layers == Layers::Keep {
+                    tracing::info!(
+                        "left {}/_layers for the next offline collection (a writable registry serves this store)",
+                        r.repo
+                    );
+                    continue;
+                }
                 match trash.take(&repo, part, &part[1..]) {
                     Ok(()) => {}
                     Err(Error::Io { source, .. })
@@ -77,7 +103,7 @@ fn apply_one(repos: &DirFd, trash: &Trash, r: &Removal) -> Result<()> {
 
 /// Removes `repositories/<name>` and then its parents while they are empty. `rmdir` is atomic
 /// and refuses a non-empty directory, so a nested repository is never at risk.
-fn remove_empty_dirs(repos: &DirFd, name: &str) -> Result<()> {
+pub fn remove_empty_dirs(repos: &DirFd, name: &str) -> Result<()> {
     let mut name = name;
     loop {
         let (parent, last) = match name.rsplit_once('/') {

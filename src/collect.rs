@@ -1,15 +1,15 @@
 //! The `gc` stage: decide whether collection may run, predict what it frees, prune untagged
 //! manifests, run the registry's collector with a cross-check, and report.
 
-use crate::apply::open_repo;
+use crate::apply::{open_repo, Layers};
 use crate::blobs::{self, Blobs};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::fsx::DirFd;
 use crate::hazard::{self, Hazard};
-use crate::live::{self, Serving};
+use crate::live::Serving;
 use crate::manifest::Db;
-use crate::plan::Removal;
+use crate::plan::{Plan, PruneScope, What};
 use crate::reach::{self, Prune, Referrers};
 use crate::scan::Inventory;
 use crate::trash::Trash;
@@ -123,6 +123,16 @@ pub struct GcReport {
     pub conflicts: Vec<Digest>,
     /// The serving registry must be restarted to drop its blob descriptor cache.
     pub restart_required: bool,
+    /// Where pruning applied: the whole store, or the repositories the run touched.
+    pub prune_scope: PruneScope,
+    /// Repositories removed next to a writable registry whose `_layers` were left for the
+    /// next offline collection (see [`crate::apply::Layers`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers_left: Vec<String>,
+    /// Repositories without manifests whose leftover `_layers` this collection removes (left
+    /// by an earlier removal next to a serving registry).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers_removed: Vec<String>,
 }
 
 impl GcReport {
@@ -142,6 +152,9 @@ impl GcReport {
             hazards: Vec::new(),
             conflicts: Vec::new(),
             restart_required: false,
+            prune_scope: PruneScope::Store,
+            layers_left: Vec::new(),
+            layers_removed: Vec::new(),
         }
     }
 }
@@ -156,6 +169,24 @@ pub struct Prepared {
     pub db: Option<Db>,
     /// The registry binary, found before any change so that a missing one changes nothing.
     pub bin: Option<PathBuf>,
+    /// Whether repository removals take `_layers` (not next to a writable registry).
+    pub layers: Layers,
+}
+
+/// What the gc stage decides from.
+pub struct Inputs<'a> {
+    /// `--dry-run`.
+    pub dry_run: bool,
+    /// `<root>/docker/registry/v2`.
+    pub v2: &'a DirFd,
+    /// `repositories/`, if the store has one.
+    pub repos_dir: Option<&'a DirFd>,
+    /// The inventory before any change.
+    pub inv: &'a Inventory,
+    /// The plan (its removals and its pruning scope).
+    pub plan: &'a Plan,
+    /// Registries serving this store ([`crate::live::serving`]).
+    pub serving: Vec<Serving>,
 }
 
 const DEFER_ADVICE: &str = "pruning and garbage collection are deferred because a writable registry serves this store (collecting now could lose layers of concurrent pushes). To free the disk: restart the container (the entrypoint hook collects before the registry serves), or run `regclean --gc-only` while the registry is stopped or read-only (storage.maintenance.readonly.enabled: true)";
@@ -180,34 +211,54 @@ pub fn load_db(v2: &DirFd, inv: &Inventory) -> Db {
 }
 
 /// Decides, predicts and checks hazards — before any change. `Err(Unsafe)` means refuse now.
-pub fn prepare(
-    s: &GcSettings,
-    dry_run: bool,
-    root: &Path,
-    v2: &DirFd,
-    repos_dir: Option<&DirFd>,
-    inv: &Inventory,
-    removals: &[Removal],
-) -> Result<Prepared> {
+pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
+    let Inputs {
+        dry_run,
+        v2,
+        repos_dir,
+        inv,
+        plan,
+        serving,
+    } = i;
+    let removals = &plan.removals;
+    let writable: Vec<&Serving> = serving.iter().filter(|x| !x.readonly).collect();
+    // Decided even with --no-gc: a repository removal must never take `_layers` next to a
+    // writable registry, whatever the gc stage does.
+    let layers = if writable.is_empty() {
+        Layers::Remove
+    } else {
+        Layers::Keep
+    };
+    let layers_left: Vec<String> = match layers {
+        Layers::Remove => Vec::new(),
+        Layers::Keep => removals
+            .iter()
+            .filter(|r| matches!(r.what, What::Repository { .. }))
+            .map(|r| r.repo.clone())
+            .collect(),
+    };
     if s.request == GcRequest::Skip {
         let mut report = GcReport::new(GcStatus::Skipped);
         report.reason =
             Some("--no-gc: removal only; the disk is freed by a later collection".into());
+        report.layers_left = layers_left;
+        report.serving = serving;
         return Ok(Prepared {
             report,
             run: false,
             db: None,
             bin: None,
+            layers,
         });
     }
-    let serving = live::serving(root);
-    let writable: Vec<&Serving> = serving.iter().filter(|x| !x.readonly).collect();
     let mut report = GcReport::new(if dry_run {
         GcStatus::DryRun
     } else {
         GcStatus::Done
     });
     report.restart_required = !serving.is_empty();
+    report.prune_scope = plan.prune_scope.clone();
+    report.layers_left = layers_left;
     if !writable.is_empty() && s.live == LivePolicy::Guard {
         let who = writable
             .iter()
@@ -220,7 +271,16 @@ pub fn prepare(
             )));
         }
         report.status = GcStatus::Deferred;
-        report.reason = Some(format!("{DEFER_ADVICE}. Serving: {who}"));
+        let left = if report.layers_left.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ". The _layers of {} removed repositor{} stay until then (a re-push while the registry caches blob descriptors would otherwise lose its layer links)",
+                report.layers_left.len(),
+                if report.layers_left.len() == 1 { "y" } else { "ies" }
+            )
+        };
+        report.reason = Some(format!("{DEFER_ADVICE}{left}. Serving: {who}"));
         report.serving = serving.clone();
         if !dry_run {
             return Ok(Prepared {
@@ -228,6 +288,7 @@ pub fn prepare(
                 run: false,
                 db: None,
                 bin: None,
+                layers,
             });
         }
     }
@@ -237,9 +298,15 @@ pub fn prepare(
     let mut after = reach::after_removals(inv, removals);
     hazard::without_removed(&mut after, removals);
     report.pruned = match s.pruning {
-        Pruning::Untagged => reach::prune_plan(&after, &db, s.referrers),
+        Pruning::Untagged => reach::prune_plan(&after, &db, s.referrers)
+            .into_iter()
+            .filter(|p| plan.prune_scope.contains(&p.repo))
+            .collect(),
         Pruning::Keep => Vec::new(),
     };
+    if layers == Layers::Remove {
+        report.layers_removed = orphan_layers(&after);
+    }
     let fin = reach::after_prune(after, &report.pruned);
     let mut hazards = hazard::check(&fin, &db);
     if let Some(r) = repos_dir {
@@ -276,7 +343,40 @@ pub fn prepare(
         report,
         db: Some(db),
         bin,
+        layers,
     })
+}
+
+/// Repositories whose `_layers` is all that is left (no `_manifests`, no `_uploads`): left by
+/// a removal next to a serving registry. Their layer links hold nothing for any collector;
+/// an offline collection removes them (as v3's collector removes unmarked layer links).
+pub fn orphan_layers(inv: &Inventory) -> Vec<String> {
+    inv.repos
+        .iter()
+        .filter(|r| r.has_layers && !r.has_manifests && !r.has_uploads)
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+/// Takes the `_layers` of `repos` (see [`orphan_layers`]) through the trash and removes the
+/// directories that end up empty.
+pub fn apply_orphan_layers(repos_dir: &DirFd, trash: &Trash, repos: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for name in repos {
+        let r = open_repo(repos_dir, name)
+            .and_then(|repo| {
+                // Re-checked on the handle: a manifest pushed since the scan keeps its links.
+                if repo.sub_opt("_manifests")?.is_some() || repo.sub_opt("_uploads")?.is_some() {
+                    return Ok(());
+                }
+                trash.take(&repo, "_layers", "layers")
+            })
+            .and_then(|()| crate::apply::remove_empty_dirs(repos_dir, name));
+        if let Err(e) = r {
+            errors.push(e.to_string());
+        }
+    }
+    errors
 }
 
 fn refusal_reason(r: &GcReport) -> String {
@@ -345,7 +445,7 @@ pub fn collect(
     s: &GcSettings,
     prep: &mut Prepared,
     bin: &Path,
-    config: &Path,
+    config: &crate::gc::GcConfig,
     root: &Path,
     v2: &DirFd,
     timer: &mut crate::timing::Timer,
@@ -400,17 +500,60 @@ pub fn collect(
     Ok(())
 }
 
-/// The config file to hand to `garbage-collect`: the registry's own, or (when there is none)
-/// a minimal one written to regclean's state directory.
-pub fn gc_config(existing: Option<&Path>, state: &DirFd, root: &Path) -> Result<PathBuf> {
+/// The config to hand to `garbage-collect`: the registry's own file, or (when there is none)
+/// a minimal one generated with the YAML library and passed on the collector's standard input,
+/// so that no file is written (a planted link could redirect such a write) and any root path
+/// (`a: b`, `[x`, `x #y`) is quoted correctly.
+pub fn gc_config(existing: Option<&Path>, root: &Path) -> Result<crate::gc::GcConfig> {
     if let Some(p) = existing {
-        return Ok(p.to_path_buf());
+        return Ok(crate::gc::GcConfig::File(p.to_path_buf()));
     }
-    let p = state.path().join("gc-config.yml");
-    let text = format!(
-        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n",
-        root.display()
-    );
-    std::fs::write(&p, text).map_err(|e| Error::io("writing", &p, e))?;
-    Ok(p)
+    let root = root.to_str().ok_or_else(|| {
+        Error::Usage(format!(
+            "storage root {} is not valid UTF-8: the registry's config cannot name it",
+            root.display()
+        ))
+    })?;
+    let text = minimal_config(root);
+    Ok(crate::gc::GcConfig::Generated(text))
+}
+
+/// A minimal registry config for the filesystem store at `root`.
+pub fn minimal_config(root: &str) -> String {
+    use serde_yaml_ng::{Mapping, Value};
+    let mut fs = Mapping::new();
+    fs.insert("rootdirectory".into(), Value::String(root.to_string()));
+    let mut storage = Mapping::new();
+    storage.insert("filesystem".into(), Value::Mapping(fs));
+    let mut top = Mapping::new();
+    top.insert("version".into(), Value::String("0.1".into()));
+    top.insert("storage".into(), Value::Mapping(storage));
+    serde_yaml_ng::to_string(&Value::Mapping(top)).expect("YAML serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_gc_config_quotes_hostile_roots() {
+        for root in [
+            "/data/a: b",
+            "/data/[x",
+            "/data/x #y",
+            "/d/'q\"",
+            "/d/\n-x",
+            "/d/123",
+        ] {
+            let text = minimal_config(root);
+            let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+            let got = crate::config::get(&v, &["storage", "filesystem", "rootdirectory"])
+                .and_then(|x| x.as_str());
+            assert_eq!(got, Some(root), "{text}");
+            assert_eq!(
+                crate::config::get(&v, &["version"]).and_then(|x| x.as_str()),
+                Some("0.1")
+            );
+        }
+    }
 }

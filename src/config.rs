@@ -55,10 +55,42 @@ pub struct Location {
     pub config: Option<RegistryConfig>,
 }
 
-/// Reads and parses a registry config file.
+/// Reads and parses a registry config file. Anything the registry could not read as its
+/// config is invalid input (exit 2): not a regular file (a FIFO is opened without blocking
+/// and refused, never waited on), not UTF-8, not YAML.
 pub fn read_config(path: &Path) -> Result<RegistryConfig> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::io("reading registry config", path, e))?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io("reading registry config", path, e))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("reading registry config", path, e))?;
+    // `--config /dev/null` ("no config") is common; any other device, FIFO or socket could
+    // block or never end.
+    let null_device = {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        meta.file_type().is_char_device() && meta.rdev() == nix::sys::stat::makedev(1, 3)
+    };
+    if !meta.is_file() && !null_device {
+        return Err(Error::Usage(format!(
+            "registry config {}: not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::io("reading registry config", path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Usage(format!(
+            "registry config {}: not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     let yaml: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
         Error::Usage(format!(
             "registry config {}: invalid YAML: {e}",
@@ -155,12 +187,21 @@ pub fn locate(
             config,
         });
     }
-    if let Some(r) = config
-        .as_ref()
-        .and_then(|c| get(&c.yaml, &["storage", "filesystem", "rootdirectory"]))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    {
+    let from_config = match config.as_ref().and_then(|c| {
+        Some((
+            c,
+            get(&c.yaml, &["storage", "filesystem", "rootdirectory"])?,
+        ))
+    }) {
+        None | Some((_, Value::Null)) => None,
+        Some((_, Value::String(s))) => Some(s.as_str()),
+        Some((c, other)) => return Err(Error::Usage(format!(
+            "registry config {}: storage.filesystem.rootdirectory must be a path string, not {}",
+            c.path.display(),
+            yaml_kind(other)
+        ))),
+    };
+    if let Some(r) = from_config.filter(|s| !s.is_empty()) {
         let root = PathBuf::from(r);
         return Ok(Location {
             root,
@@ -173,6 +214,19 @@ pub fn locate(
         root_source: RootSource::Default,
         config,
     })
+}
+
+/// What a YAML value is, for messages.
+fn yaml_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
 }
 
 #[cfg(test)]

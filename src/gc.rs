@@ -64,24 +64,46 @@ pub struct GcRun {
     pub swept: BTreeSet<Digest>,
 }
 
+/// The configuration handed to `garbage-collect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcConfig {
+    /// The registry's own config file.
+    File(PathBuf),
+    /// A generated config, passed as `/dev/stdin` (nothing is written to disk; the registry
+    /// reads its config fully with `os.Open` + parse before doing anything).
+    Generated(String),
+}
+
 /// Runs `BIN garbage-collect [--dry-run] CONFIG` for `root`, streaming its output into the logs.
-pub fn run(bin: &Path, config: &Path, root: &Path, dry_run: bool) -> Result<GcRun> {
+pub fn run(bin: &Path, config: &GcConfig, root: &Path, dry_run: bool) -> Result<GcRun> {
     let mut cmd = Command::new(bin);
     cmd.arg("garbage-collect");
     if dry_run {
         cmd.arg("--dry-run");
     }
-    cmd.arg(config)
+    let (cfg_arg, stdin_text) = match config {
+        GcConfig::File(p) => (p.as_path(), None),
+        GcConfig::Generated(t) => (Path::new("/dev/stdin"), Some(t.clone())),
+    };
+    cmd.arg(cfg_arg)
         .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", root)
         .env_remove("REGISTRY_STORAGE")
-        .stdin(Stdio::null())
+        .env_remove("REGISTRY_CONFIGURATION_PATH")
+        .stdin(if stdin_text.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let what = format!(
         "{} garbage-collect{} {}",
         bin.display(),
         if dry_run { " --dry-run" } else { "" },
-        config.display()
+        match config {
+            GcConfig::File(p) => p.display().to_string(),
+            GcConfig::Generated(_) => "<generated config on stdin>".to_string(),
+        }
     );
     tracing::info!("running {what}");
     crate::progress::phase(format_args!(
@@ -91,6 +113,12 @@ pub fn run(bin: &Path, config: &Path, root: &Path, dry_run: bool) -> Result<GcRu
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::Failed(format!("cannot run {what}: {e}")))?;
+    if let (Some(text), Some(mut stdin)) = (stdin_text, child.stdin.take()) {
+        // Written from a thread and closed: a collector that never reads cannot block us.
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, text.as_bytes());
+        });
+    }
     let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
     let keep = |line: &str, tail: &Mutex<VecDeque<String>>| {
         let mut t = tail.lock().unwrap();

@@ -96,6 +96,33 @@ pub struct Plan {
     pub unmatched: Vec<String>,
     /// Tags a retention policy keeps, with the reason.
     pub kept: Vec<KeptTag>,
+    /// Where untagged manifests may be pruned.
+    pub prune_scope: PruneScope,
+}
+
+/// The repositories a run's pruning may touch.
+///
+/// Why not the whole store: an untagged manifest elsewhere may be a digest-pinned deployment
+/// (`app@sha256:…`) that is not the run's business. `regclean app:pr-1` prunes in `app` only;
+/// store-wide pruning is asked for with `--all` or `--gc-only`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruneScope {
+    /// Every repository (`--all`, `--gc-only`).
+    #[default]
+    Store,
+    /// The repositories the targets name or match.
+    Repositories(BTreeSet<String>),
+}
+
+impl PruneScope {
+    /// Does the scope include repository `name`?
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            PruneScope::Store => true,
+            PruneScope::Repositories(s) => s.contains(name),
+        }
+    }
 }
 
 impl Plan {
@@ -115,6 +142,7 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
     let mut out = Plan::default();
     // (repo, tag or None for the whole repository) -> reason; a BTreeMap dedups and sorts.
     let mut chosen: BTreeMap<(String, Option<String>), String> = BTreeMap::new();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
     for t in &req.targets {
         let text = t.to_string();
         let repos: Vec<&Repo> = match t.repo.literal() {
@@ -136,6 +164,7 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
         };
         let mut matched = false;
         for repo in repos {
+            touched.insert(repo.name.clone());
             match &t.tag {
                 None => {
                     matched = true;
@@ -172,6 +201,9 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
         if !matched {
             out.unmatched.push(text);
         }
+    }
+    if req.scope == Scope::Targets && !req.targets.is_empty() {
+        out.prune_scope = PruneScope::Repositories(touched);
     }
     if let Some(ret) = &req.retention {
         retain(inv, req.scope, ret, &chosen, now, &mut out);

@@ -44,6 +44,9 @@ pub struct Report {
     pub timings_ms: crate::timing::Timer,
     /// The exit code.
     pub exit_code: i32,
+    /// Collection was refused after removal and everything was put back from the trash:
+    /// nothing was changed (exit 3).
+    pub rolled_back: bool,
 }
 
 impl Report {
@@ -165,6 +168,9 @@ impl Report {
             root_source_text(self.root_source)
         );
         self.gc_text(&mut s);
+        if self.rolled_back {
+            let _ = writeln!(s, "Nothing was changed: every removal and pruning of this run was put back from the trash.");
+        }
         for e in &self.errors {
             let _ = writeln!(s, "error: {e}");
         }
@@ -235,6 +241,35 @@ impl Report {
         }
         for h in &g.hazards {
             let _ = writeln!(s, "  hazard {:?} at {}: {}", h.kind, h.at, h.detail);
+        }
+        if !g.layers_left.is_empty() {
+            let _ = writeln!(
+                s,
+                "  _layers left for the next offline collection (a writable registry serves): {}",
+                g.layers_left.join(", ")
+            );
+        }
+        if !g.layers_removed.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {} leftover _layers of repositories without manifests: {}",
+                if self.dry_run || g.status != GcStatus::Done {
+                    "to remove"
+                } else {
+                    "removed"
+                },
+                g.layers_removed.join(", ")
+            );
+        }
+        if let crate::plan::PruneScope::Repositories(r) = &g.prune_scope {
+            if matches!(g.status, GcStatus::Done | GcStatus::DryRun) {
+                let _ = writeln!(
+                    s,
+                    "  pruning limited to the {} repositor{} this run touched (--all or --gc-only prune store-wide)",
+                    r.len(),
+                    if r.len() == 1 { "y" } else { "ies" }
+                );
+            }
         }
         if g.restart_required && g.status == GcStatus::Done {
             let _ = writeln!(s, "Restart the registry now: its blob descriptor cache still lists the deleted blobs, and clients would skip uploading them.");

@@ -14,8 +14,36 @@
 use crate::error::{errno, Error, Result};
 use crate::fsx::{DirFd, Kind};
 use rayon::prelude::*;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Opens `rel` (components below `base`) without following symlinks, creating missing
+/// directories with mode 0755.
+fn open_creating(base: &DirFd, rel: &Path) -> Result<DirFd> {
+    let mut d = base.sub(".")?;
+    for c in rel.components() {
+        let c = c.as_os_str();
+        d = match d.sub_opt(c)? {
+            Some(x) => x,
+            None => {
+                match nix::sys::stat::mkdirat(
+                    d.as_fd(),
+                    c,
+                    nix::sys::stat::Mode::from_bits_truncate(0o755),
+                ) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(Error::io("creating directory", d.child_path(c), errno(e)))
+                    }
+                }
+                d.sub(c)?
+            }
+        };
+    }
+    Ok(d)
+}
 
 /// Counts from deleting trees.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -59,6 +87,10 @@ pub struct Trash {
     run_name: String,
     dev: u64,
     seq: AtomicU64,
+    /// The path of `repositories/` (every taken entry lies below it; see [`Trash::undo`]).
+    base: PathBuf,
+    /// What was taken, in order: (parent relative to `base`, name, trash entry name).
+    journal: Mutex<Vec<(PathBuf, OsString, String)>>,
 }
 
 impl Trash {
@@ -87,14 +119,61 @@ impl Trash {
             run_name,
             dev,
             seq: AtomicU64::new(0),
+            base: same_fs_as.path().to_path_buf(),
+            journal: Mutex::new(Vec::new()),
         })
     }
 
     /// Moves `name` out of `dir` into the trash, atomically. `label` ends the trash entry's
-    /// name (`uploads` entries are measured in bytes when deleted).
+    /// name (`uploads` entries are measured in bytes when deleted). `dir` must lie below
+    /// `repositories/` (the directory given to [`Trash::create`]), so that [`Trash::undo`] can
+    /// put the entry back.
     pub fn take(&self, dir: &DirFd, name: impl AsRef<OsStr>, label: &str) -> Result<()> {
+        let name = name.as_ref();
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        dir.rename_to(name, &self.run, format!("{n}.{label}"))
+        let entry = format!("{n}.{label}");
+        dir.rename_to(name, &self.run, &entry)?;
+        let rel = dir.path().strip_prefix(&self.base).unwrap_or(Path::new(""));
+        self.journal
+            .lock()
+            .expect("journal")
+            .push((rel.to_path_buf(), name.to_os_string(), entry));
+        Ok(())
+    }
+
+    /// Puts everything this run took back where it was, newest first, and removes the run's
+    /// trash directory. Why: a refusal that comes after removal (the registry's dry run lists a
+    /// blob regclean considers reachable) must still mean "nothing was changed" (exit 3).
+    /// Each entry goes back by one `renameat2(RENAME_NOREPLACE)`, so a name re-created
+    /// meanwhile (a concurrent push of the same tag) is never overwritten: that entry stays in
+    /// the trash and is reported. Directories removed on the way (an emptied repository
+    /// directory) are re-created (mode 0755, as the registry creates them). `repos` is a fresh
+    /// handle on `repositories/`. Returns what could not be put back.
+    pub fn undo(self, repos: &DirFd) -> Vec<String> {
+        let mut errors = Vec::new();
+        let journal = std::mem::take(&mut *self.journal.lock().expect("journal"));
+        for (rel, name, entry) in journal.into_iter().rev() {
+            let r = open_creating(repos, &rel).and_then(|parent| {
+                nix::fcntl::renameat2(
+                    self.run.as_fd(),
+                    entry.as_str(),
+                    parent.as_fd(),
+                    name.as_os_str(),
+                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                )
+                .map_err(|e| Error::io("putting back", parent.child_path(&name), errno(e)))
+            });
+            if let Err(e) = r {
+                errors.push(format!(
+                    "{e} (it stays in {})",
+                    self.run.child_path(&entry).display()
+                ));
+            }
+        }
+        if errors.is_empty() {
+            let _ = self.all.rmdir_if_empty(&self.run_name);
+        }
+        errors
     }
 
     /// Deletes what interrupted runs left in the trash (this run's directory stays).
