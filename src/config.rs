@@ -195,11 +195,13 @@ pub fn locate(
     }) {
         None | Some((_, Value::Null)) => None,
         Some((_, Value::String(s))) => Some(s.as_str()),
-        Some((c, other)) => return Err(Error::Usage(format!(
+        Some((c, other)) => {
+            return Err(Error::Usage(format!(
             "registry config {}: storage.filesystem.rootdirectory must be a path string, not {}",
             c.path.display(),
             yaml_kind(other)
-        ))),
+        )))
+        }
     };
     if let Some(r) = from_config.filter(|s| !s.is_empty()) {
         let root = PathBuf::from(r);

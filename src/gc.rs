@@ -53,6 +53,21 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
+/// The registry parses `REGISTRY_*` override values as YAML: a root such as `/data/a: b` or
+/// `/data/x #y` must be passed as a quoted YAML string, or the collector would use another
+/// path (or none).
+fn yaml_env_value(root: &Path) -> Result<String> {
+    let s = root.to_str().ok_or_else(|| {
+        Error::Usage(format!(
+            "storage root {} is not valid UTF-8: the registry's config cannot name it",
+            root.display()
+        ))
+    })?;
+    let y = serde_yaml_ng::to_string(&serde_yaml_ng::Value::String(s.to_string()))
+        .expect("YAML serializes");
+    Ok(y.trim_end_matches('\n').to_string())
+}
+
 /// What one `garbage-collect` run reported.
 #[derive(Debug, Default, Clone)]
 pub struct GcRun {
@@ -86,7 +101,10 @@ pub fn run(bin: &Path, config: &GcConfig, root: &Path, dry_run: bool) -> Result<
         GcConfig::Generated(t) => (Path::new("/dev/stdin"), Some(t.clone())),
     };
     cmd.arg(cfg_arg)
-        .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", root)
+        .env(
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            yaml_env_value(root)?,
+        )
         .env_remove("REGISTRY_STORAGE")
         .env_remove("REGISTRY_CONFIGURATION_PATH")
         .stdin(if stdin_text.is_some() {

@@ -35,14 +35,35 @@ fn removes_tags_and_repositories_while_the_registry_serves_and_everything_else_s
 
     r.assert_gone(&["app:pr-1", "app:pr-2", "team/app:v1", "old/repo:v1"]);
     r.assert_pull(&["app:v1", "app:v2", "multi:v1", "list:v1", "team/app/api:v1"]);
-    // The nested repository survives its parent's removal; the parent leaves the catalog.
+    // Next to the serving registry, removed repositories keep their `_layers` (its blob
+    // descriptor cache would otherwise break re-pushes), so 2.8 still lists them until the
+    // next offline collection. The nested repository survives its parent's removal.
+    assert_eq!(
+        r.catalog(),
+        [
+            "app",
+            "list",
+            "multi",
+            "old/repo",
+            "team/app",
+            "team/app/api"
+        ]
+    );
+    assert!(!repo_path(&r.root, "team/app/_manifests").exists());
+    assert!(repo_path(&r.root, "team/app/_layers").exists());
+    assert!(repo_path(&r.root, "team/app/api/_manifests").exists());
+    let mut r = r;
+    r.stop();
+    let o = r.regclean(&["--gc-only", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    r.serve(&[]);
     assert_eq!(r.catalog(), ["app", "list", "multi", "team/app/api"]);
     assert!(
         !repo_path(&r.root, "old").exists(),
         "empty parent directories go"
     );
-    assert!(!repo_path(&r.root, "team/app/_manifests").exists());
-    assert!(repo_path(&r.root, "team/app/api/_manifests").exists());
+    assert!(!repo_path(&r.root, "team/app/_layers").exists());
+    r.assert_pull(&["app:v1", "app:v2", "multi:v1", "list:v1", "team/app/api:v1"]);
     // Nothing of regclean's lies under repositories/ or blobs/.
     let trash = r.root.join(".regclean/trash");
     assert_eq!(
