@@ -262,7 +262,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
     if !writable.is_empty() && s.live == LivePolicy::Guard {
         let who = writable
             .iter()
-            .map(|w| format!("pid {} ({})", w.pid, w.cmdline))
+            .map(|w| format!("pid {} ({}: {})", w.pid, w.cmdline, w.reason))
             .collect::<Vec<_>>()
             .join(", ");
         if s.request == GcRequest::Only {
