@@ -149,15 +149,8 @@ fn malformed_links_are_reported_and_removal_still_works() {
 #[test]
 fn a_second_concurrent_run_is_refused_with_exit_3_or_waits() {
     let (_t, root) = fixture("sample");
-    // First run: take the lock as regclean does and hold it.
-    std::fs::create_dir_all(root.join(".regclean")).unwrap();
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .read(true)
-        .open(root.join(".regclean/lock"))
-        .unwrap();
+    // First run: take the lock as regclean does (an flock on the root directory) and hold it.
+    let f = std::fs::File::open(&root).unwrap();
     let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
     let before = snapshot(&root);
     let o = run_on(&root, &["svc8"]);
