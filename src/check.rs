@@ -230,18 +230,30 @@ pub fn check_store(
         hz.extend(hazard::check_revision_links(r, inv));
     }
     for h in hz {
-        let kind = match h.kind {
-            hazard::HazardKind::MountPoint => FindingKind::MountPoint,
-            hazard::HazardKind::SpecialFile => FindingKind::SpecialFile,
-            _ => FindingKind::Hazard,
+        let (kind, detail, advice) = match h.kind {
+            hazard::HazardKind::MountPoint => (
+                FindingKind::MountPoint,
+                format!("{}: {}", h.at, h.detail),
+                "unmount it: removals that hold it fail, and collection is refused while it is there".to_string(),
+            ),
+            hazard::HazardKind::SpecialFile => (
+                FindingKind::SpecialFile,
+                format!("{}: {}", h.at, h.detail),
+                "remove it (a registry writes only regular files); collection is refused while it is there".to_string(),
+            ),
+            _ => (
+                FindingKind::Hazard,
+                format!("{:?} at {}", h.kind, h.at),
+                h.detail,
+            ),
         };
         out.push(Finding {
             kind,
             repo: String::new(),
             tag: None,
             digest: None,
-            detail: format!("{:?} at {}", h.kind, h.at),
-            advice: h.detail,
+            detail,
+            advice,
         });
     }
     out.extend(state_mounts(state));
@@ -281,7 +293,7 @@ fn state_mounts(state: Option<&DirFd>) -> Vec<Finding> {
             repo: String::new(),
             tag: None,
             digest: None,
-            detail: format!("MountPoint at .regclean/{m}: a mount point in regclean's state directory (never crossed)"),
+            detail: format!(".regclean/{m}: a mount point in regclean's state directory (never crossed)"),
             advice: "unmount it; regclean's trash deletion leaves it in place".into(),
         })
         .collect()

@@ -80,6 +80,16 @@ impl DirFd {
         }
     }
 
+    /// A second handle on this same directory (for a fresh listing), under the same path.
+    pub fn reopen(&self) -> Result<DirFd> {
+        let dir = Dir::openat(self.dir.as_fd(), ".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| Error::io("opening directory", &self.path, errno(e)))?;
+        Ok(DirFd {
+            dir,
+            path: self.path.clone(),
+        })
+    }
+
     /// Like [`DirFd::sub`], but `Ok(None)` when the child does not exist.
     pub fn sub_opt(&self, name: impl AsRef<OsStr>) -> Result<Option<DirFd>> {
         match self.sub(name) {

@@ -66,10 +66,15 @@ pub fn check(inv: &Inventory, db: &Db) -> Vec<Hazard> {
             OddKind::SpecialFile => HazardKind::SpecialFile,
             OddKind::MissingLink | OddKind::UnexpectedEntry => continue,
         };
+        let detail = match kind {
+            // Their details already say what to do.
+            HazardKind::MountPoint | HazardKind::SpecialFile => o.detail.clone(),
+            _ => format!("{}; remove or repair it", o.detail),
+        };
         out.push(Hazard {
             kind,
             at: o.path.clone(),
-            detail: format!("{}; remove or repair it", o.detail),
+            detail,
         });
     }
     for r in &inv.repos {

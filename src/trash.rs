@@ -112,7 +112,7 @@ impl Trash {
 /// Nothing on another mount than `all`'s is entered.
 pub fn empty_trash(all: &DirFd, keep: Option<&str>) -> Deleted {
     let mut total = Deleted::default();
-    let mut all = match all.sub(".") {
+    let mut all = match all.reopen() {
         Ok(d) => d,
         Err(e) => {
             total.errors.push(e.to_string());
