@@ -74,12 +74,18 @@ fn no_mount_inside(mounts: &[String], r: &Removal) -> Result<()> {
         ),
         What::Repository { .. } => (
             format!("repository {}", r.repo),
-            REPO_PARTS.iter().map(|p| format!("{}/{p}", r.repo)).collect(),
+            REPO_PARTS
+                .iter()
+                .map(|p| format!("{}/{p}", r.repo))
+                .collect(),
         ),
     };
     let inside = mounts.iter().find(|m| {
-        dirs.iter()
-            .any(|d| *m == d || m.strip_prefix(d.as_str()).is_some_and(|x| x.starts_with('/')))
+        dirs.iter().any(|d| {
+            *m == d
+                || m.strip_prefix(d.as_str())
+                    .is_some_and(|x| x.starts_with('/'))
+        })
     });
     match inside {
         Some(m) => Err(Error::Failed(format!(

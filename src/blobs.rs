@@ -33,6 +33,9 @@ impl Blobs {
     }
 }
 
+/// One fan-out directory's blobs with their sizes, and its special `data` files.
+type FanOut = (Vec<(Digest, u64)>, Vec<Oddity>);
+
 /// Lists the blobs under `v2/blobs/sha256`. An absent blob store is empty.
 pub fn list(v2: &DirFd) -> Result<Blobs> {
     let Some(blobs) = v2.sub_opt("blobs")? else {
@@ -46,7 +49,7 @@ pub fn list(v2: &DirFd) -> Result<Blobs> {
         .into_iter()
         .filter(|e| e.kind == Kind::Dir)
         .collect();
-    let parts: Vec<Result<(Vec<(Digest, u64)>, Vec<Oddity>)>> = fans
+    let parts: Vec<Result<FanOut>> = fans
         .par_iter()
         .map(|fan| {
             let mut dir = sha.sub(&fan.name)?;

@@ -293,7 +293,9 @@ fn state_mounts(state: Option<&DirFd>) -> Vec<Finding> {
             repo: String::new(),
             tag: None,
             digest: None,
-            detail: format!(".regclean/{m}: a mount point in regclean's state directory (never crossed)"),
+            detail: format!(
+                ".regclean/{m}: a mount point in regclean's state directory (never crossed)"
+            ),
             advice: "unmount it; regclean's trash deletion leaves it in place".into(),
         })
         .collect()

@@ -267,13 +267,8 @@ impl DirFd {
     pub fn sub_same_mount(&self, name: impl AsRef<OsStr>) -> Result<DirFd> {
         let name = name.as_ref();
         let path = self.path.join(name);
-        let crossing = |path: PathBuf| {
-            Error::io(
-                "not entering",
-                path,
-                std::io::Error::new(std::io::ErrorKind::Other, Crossing),
-            )
-        };
+        let crossing =
+            |path: PathBuf| Error::io("not entering", path, std::io::Error::other(Crossing));
         if OPENAT2.load(std::sync::atomic::Ordering::Relaxed) {
             let how = nix::fcntl::OpenHow::new()
                 .flags(DIR_FLAGS)
@@ -362,7 +357,9 @@ pub struct Crossing;
 
 impl std::fmt::Display for Crossing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("it is a mount point (another mount than the store's); left in place, never crossed")
+        f.write_str(
+            "it is a mount point (another mount than the store's); left in place, never crossed",
+        )
     }
 }
 
@@ -437,9 +434,9 @@ fn unescape_octal(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
-        let oct = s.get(i + 1..i + 4).filter(|d| {
-            s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        });
+        let oct = s
+            .get(i + 1..i + 4)
+            .filter(|d| s[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match oct {
             Some(d) => {
                 let v = d.iter().fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
@@ -515,7 +512,10 @@ mod tests {
             mounts_below(table, b"/srv/my store"),
             vec!["docker/registry/v2/repositories/a/_uploads/x".to_string()]
         );
-        assert_eq!(mounts_below(table, b"/srv/my store/"), mounts_below(table, b"/srv/my store"));
+        assert_eq!(
+            mounts_below(table, b"/srv/my store/"),
+            mounts_below(table, b"/srv/my store")
+        );
         assert!(mounts_below(table, b"/nowhere").is_empty());
     }
 

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 fn finishes(root: &Path, args: &[&str]) -> Output {
     let mut c = regclean();
     c.arg("--root").arg(root).args(args);
-    c.arg("--config").arg(root.parent().unwrap().join("config.yml"));
+    c.arg("--config")
+        .arg(root.parent().unwrap().join("config.yml"));
     let mut child = c
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -51,8 +52,11 @@ fn blob_data(root: &Path, digest: &str) -> PathBuf {
 
 /// The manifest digest that `repo:tag` points at.
 fn tag_target(root: &Path, repo: &str, tag: &str) -> String {
-    std::fs::read_to_string(repo_path(root, &format!("{repo}/_manifests/tags/{tag}/current/link")))
-        .unwrap()
+    std::fs::read_to_string(repo_path(
+        root,
+        &format!("{repo}/_manifests/tags/{tag}/current/link"),
+    ))
+    .unwrap()
 }
 
 /// Every mode, each finishing with its documented code and naming `rel` (the FIFO's path
@@ -82,7 +86,11 @@ fn every_mode_finishes(root: &Path, rel: &str, check_args: &[&str]) {
         let o = finishes(root, args);
         assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o));
         assert!(names(&o), "{args:?} must name {rel}: {}", text(&o));
-        assert_same(&before, &snapshot(root), &format!("{args:?} changed the store"));
+        assert_same(
+            &before,
+            &snapshot(root),
+            &format!("{args:?} changed the store"),
+        );
     }
 }
 
@@ -90,7 +98,10 @@ fn every_mode_finishes(root: &Path, rel: &str, check_args: &[&str]) {
 fn a_fifo_at_a_tag_current_link_hangs_no_mode() {
     e2e_available();
     let (_t, root) = fixture("sample");
-    fifo_at(&repo_path(&root, "team0/app0/_manifests/tags/latest/current/link"));
+    fifo_at(&repo_path(
+        &root,
+        "team0/app0/_manifests/tags/latest/current/link",
+    ));
     every_mode_finishes(
         &root,
         "repositories/team0/app0/_manifests/tags/latest/current/link",
@@ -118,7 +129,12 @@ fn a_fifo_at_a_manifest_blob_data_hangs_no_mode() {
     let d = tag_target(&root, "team0/app0", "latest");
     let p = blob_data(&root, &d);
     fifo_at(&p);
-    let rel = p.strip_prefix(v2(&root)).unwrap().to_str().unwrap().to_string();
+    let rel = p
+        .strip_prefix(v2(&root))
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     every_mode_finishes(&root, &rel, &[]);
 }
 
@@ -140,6 +156,11 @@ fn a_fifo_at_a_layer_blob_data_hangs_no_mode_with_verify_content() {
     let layer = m["layers"][0]["digest"].as_str().unwrap();
     let p = blob_data(&root, layer);
     fifo_at(&p);
-    let rel = p.strip_prefix(v2(&root)).unwrap().to_str().unwrap().to_string();
+    let rel = p
+        .strip_prefix(v2(&root))
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     every_mode_finishes(&root, &rel, &["--verify-content"]);
 }

@@ -72,7 +72,9 @@ fn assert_outside_intact(o: &Path) {
         "a file outside the store was deleted through the bind mount"
     );
     assert_eq!(
-        std::fs::read_to_string(o.join("sub/deeper/also")).ok().as_deref(),
+        std::fs::read_to_string(o.join("sub/deeper/also"))
+            .ok()
+            .as_deref(),
         Some("nor this"),
         "a file outside the store was deleted through the bind mount"
     );
@@ -131,10 +133,7 @@ fn check_reports_bind_mounts_inside_the_store() {
         .filter(|f| f["kind"] == "mount_point")
         .map(|f| f["detail"].as_str().unwrap().to_string())
         .collect();
-    for p in [
-        "repositories/svc8/_uploads/x",
-        "blobs/sha256/zz",
-    ] {
+    for p in ["repositories/svc8/_uploads/x", "blobs/sha256/zz"] {
         assert!(
             mounts.iter().any(|d| d.contains(p)),
             "--check must report the mount at {p}: {mounts:?}"
@@ -158,7 +157,11 @@ fn gc_only_refuses_with_a_bind_mount_inside_the_store() {
         "the refusal must name the mount point: {}",
         text(&r)
     );
-    assert_same(&before, &snapshot(&root), "a refused --gc-only changed the store");
+    assert_same(
+        &before,
+        &snapshot(&root),
+        "a refused --gc-only changed the store",
+    );
     assert_outside_intact(&o);
 }
 
@@ -183,7 +186,10 @@ fn trash_emptying_never_crosses_a_bind_mount_left_in_the_trash() {
         "the error must name the mount point: {}",
         text(&r)
     );
-    assert!(!run.join("0.uploads/a").exists(), "the rest of the trash is deleted");
+    assert!(
+        !run.join("0.uploads/a").exists(),
+        "the rest of the trash is deleted"
+    );
     assert_eq!(m.list(), vec![std::fs::canonicalize(&at).unwrap()]);
     assert!(!repo_path(&root, "team0/app0/_manifests/tags/build-2").exists());
 }
