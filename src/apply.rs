@@ -58,15 +58,58 @@ pub fn open_repo(repos: &DirFd, name: &str) -> Result<DirFd> {
 
 /// Carries out every removal (in plan order); each failure is recorded and the rest go on.
 pub fn apply(repos: &DirFd, trash: &Trash, removals: &[Removal], layers: Layers) -> Vec<Outcome> {
+    let mounts = mounts_in(repos);
     removals
         .iter()
         .map(|r| Outcome {
             removal: r.clone(),
-            error: apply_one(repos, trash, r, layers)
+            error: no_mount_inside(&mounts, r)
+                .and_then(|()| apply_one(repos, trash, r, layers))
                 .err()
                 .map(|e| e.to_string()),
         })
         .collect()
+}
+
+/// The mount points under `repositories/` (relative to it), read once per run. Unreadable
+/// (no `/proc`): none known; the trash deletion still never crosses a mount.
+fn mounts_in(repos: &DirFd) -> Vec<String> {
+    repos.mount_points_below().unwrap_or_else(|e| {
+        tracing::warn!("cannot check for mount points inside the store: {e}");
+        Vec::new()
+    })
+}
+
+/// Refuses a removal whose directories contain a mount point: the rename would carry the
+/// mount into the trash (a bind mount of an outside directory on the same file system looks
+/// like any directory), so the removal is not carried out at all and the mount stays.
+fn no_mount_inside(mounts: &[String], r: &Removal) -> Result<()> {
+    let (label, dirs): (String, Vec<String>) = match &r.what {
+        What::Tag { name, .. } => (
+            format!("tag {}:{name}", r.repo),
+            vec![format!("{}/_manifests/tags/{name}", r.repo)],
+        ),
+        What::Repository { .. } => (
+            format!("repository {}", r.repo),
+            REPO_PARTS
+                .iter()
+                .map(|p| format!("{}/{p}", r.repo))
+                .collect(),
+        ),
+    };
+    let inside = mounts.iter().find(|m| {
+        dirs.iter().any(|d| {
+            *m == d
+                || m.strip_prefix(d.as_str())
+                    .is_some_and(|x| x.starts_with('/'))
+        })
+    });
+    match inside {
+        Some(m) => Err(Error::Failed(format!(
+            "not removing {label}: repositories/{m} inside it is a mount point (regclean never crosses a mount point: unmount it, then run again)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn apply_one(repos: &DirFd, trash: &Trash, r: &Removal, layers: Layers) -> Result<()> {

@@ -43,6 +43,10 @@ pub enum FindingKind {
     LeftoverTrash,
     /// An upload started more than a day ago.
     StaleUpload,
+    /// A mount point inside the store or its `.regclean` (never crossed; GC is refused).
+    MountPoint,
+    /// A FIFO, socket or device in the store (never opened; GC is refused).
+    SpecialFile,
 }
 
 /// One finding.
@@ -183,7 +187,16 @@ fn check_repo(r: &Repo, db: &Db, blobs: &Blobs) -> Vec<Finding> {
                 continue;
             }
             for b in &man.refs {
-                if !blobs.sizes.contains_key(b) {
+                if let Some(o) = blobs.special_of(b) {
+                    out.push(finding(
+                        SpecialFile,
+                        r,
+                        Some(&t.name),
+                        Some(*b),
+                        format!("blob referenced by manifest {m}: {} {}", o.path, o.detail),
+                        REPUSH,
+                    ));
+                } else if !blobs.sizes.contains_key(b) {
                     out.push(finding(
                         BlobMissing,
                         r,
@@ -217,15 +230,33 @@ pub fn check_store(
         hz.extend(hazard::check_revision_links(r, inv));
     }
     for h in hz {
+        let (kind, detail, advice) = match h.kind {
+            hazard::HazardKind::MountPoint => (
+                FindingKind::MountPoint,
+                format!("{}: {}", h.at, h.detail),
+                "unmount it: removals that hold it fail, and collection is refused while it is there".to_string(),
+            ),
+            hazard::HazardKind::SpecialFile => (
+                FindingKind::SpecialFile,
+                format!("{}: {}", h.at, h.detail),
+                "remove it (a registry writes only regular files); collection is refused while it is there".to_string(),
+            ),
+            _ => (
+                FindingKind::Hazard,
+                format!("{:?} at {}", h.kind, h.at),
+                h.detail,
+            ),
+        };
         out.push(Finding {
-            kind: FindingKind::Hazard,
+            kind,
             repo: String::new(),
             tag: None,
             digest: None,
-            detail: format!("{:?} at {}", h.kind, h.at),
-            advice: h.detail,
+            detail,
+            advice,
         });
     }
+    out.extend(state_mounts(state));
     if let Some(n) = state
         .and_then(|s| crate::trash::leftover_runs(s).ok())
         .filter(|n| *n > 0)
@@ -247,6 +278,27 @@ pub fn check_store(
         }
     }
     out
+}
+
+/// Mount points under `<root>/.regclean` (the trash): the trash deletion never crosses them,
+/// but they are left there and every run reports them.
+fn state_mounts(state: Option<&DirFd>) -> Vec<Finding> {
+    let Some(Ok(mounts)) = state.map(DirFd::mount_points_below) else {
+        return Vec::new();
+    };
+    mounts
+        .into_iter()
+        .map(|m| Finding {
+            kind: FindingKind::MountPoint,
+            repo: String::new(),
+            tag: None,
+            digest: None,
+            detail: format!(
+                ".regclean/{m}: a mount point in regclean's state directory (never crossed)"
+            ),
+            advice: "unmount it; regclean's trash deletion leaves it in place".into(),
+        })
+        .collect()
 }
 
 fn stale_uploads(repos_dir: &DirFd, r: &Repo, now: SystemTime) -> Vec<Finding> {
@@ -282,17 +334,19 @@ pub fn verify_content(v2: &DirFd, blobs: &Blobs) -> (Vec<Finding>, Verified) {
             let h = d.hex();
             let dir = v2.sub("blobs").and_then(|b| b.sub("sha256")?.sub(&h[..2])?.sub(&h)).ok()?;
             let ok = hash_file(&dir).map(|x| x == d.0);
-            match ok {
-                Ok(true) => None,
-                Ok(false) | Err(_) => Some(Finding {
-                    kind: FindingKind::BlobCorrupt,
-                    repo: String::new(),
-                    tag: None,
-                    digest: Some(**d),
-                    detail: format!("blobs/sha256/{}/{h}/data does not hash to its digest", &h[..2]),
-                    advice: "re-push every image using this blob (regclean --check names them as broken once the blob is removed)".into(),
-                }),
-            }
+            let detail = match ok {
+                Ok(true) => return None,
+                Ok(false) => format!("blobs/sha256/{}/{h}/data does not hash to its digest", &h[..2]),
+                Err(e) => format!("blobs/sha256/{}/{h}/data cannot be hashed: {e}", &h[..2]),
+            };
+            Some(Finding {
+                kind: FindingKind::BlobCorrupt,
+                repo: String::new(),
+                tag: None,
+                digest: Some(**d),
+                detail,
+                advice: "re-push every image using this blob (regclean --check names them as broken once the blob is removed)".into(),
+            })
         })
         .collect();
     let bytes: u64 = blobs.sizes.values().sum();
@@ -309,7 +363,7 @@ pub fn verify_content(v2: &DirFd, blobs: &Blobs) -> (Vec<Finding>, Verified) {
 
 fn hash_file(dir: &DirFd) -> std::io::Result<[u8; 32]> {
     use std::io::Read;
-    let mut f = dir
+    let (mut f, _) = dir
         .open_file("data")
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut h = Sha256::new();

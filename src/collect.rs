@@ -313,6 +313,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
         hazards.extend(hazard::check_revision_links(r, &fin));
     }
     let all: Blobs = blobs::list(v2)?;
+    hazards.extend(hazard::special_blobs(&all));
     let marks = reach::registry_marks(&fin, &db);
     let predicted = reach::swept(all.sizes.keys().copied(), &marks);
     let reachable = reach::reachable_blobs(&fin, &db, s.referrers);

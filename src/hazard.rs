@@ -33,6 +33,11 @@ pub enum HazardKind {
     UnparsableManifest,
     /// A revision link whose content is not its directory's digest.
     LinkMismatch,
+    /// A mount point inside the store: the registry's sweep (`RemoveAll`) would cross it and
+    /// delete outside files.
+    MountPoint,
+    /// A FIFO, socket or device in the store: the registry's GC blocks reading a FIFO.
+    SpecialFile,
 }
 
 /// One hazard.
@@ -57,12 +62,19 @@ pub fn check(inv: &Inventory, db: &Db) -> Vec<Hazard> {
             OddKind::MalformedLink => HazardKind::MalformedLink,
             OddKind::Symlink => HazardKind::Symlink,
             OddKind::Unreadable => HazardKind::Unreadable,
+            OddKind::MountPoint => HazardKind::MountPoint,
+            OddKind::SpecialFile => HazardKind::SpecialFile,
             OddKind::MissingLink | OddKind::UnexpectedEntry => continue,
+        };
+        let detail = match kind {
+            // Their details already say what to do.
+            HazardKind::MountPoint | HazardKind::SpecialFile => o.detail.clone(),
+            _ => format!("{}; remove or repair it", o.detail),
         };
         out.push(Hazard {
             kind,
             at: o.path.clone(),
-            detail: format!("{}; remove or repair it", o.detail),
+            detail,
         });
     }
     for r in &inv.repos {
@@ -122,6 +134,20 @@ pub fn check_revision_links(repos_dir: &DirFd, inv: &Inventory) -> Vec<Hazard> {
                 }
             }
             out
+        })
+        .collect()
+}
+
+/// Blobs whose `data` is a FIFO, socket or device (see [`crate::blobs::Blobs::special`]):
+/// collection is refused until they are removed.
+pub fn special_blobs(blobs: &crate::blobs::Blobs) -> Vec<Hazard> {
+    blobs
+        .special
+        .iter()
+        .map(|o| Hazard {
+            kind: HazardKind::SpecialFile,
+            at: o.path.clone(),
+            detail: o.detail.clone(),
         })
         .collect()
 }

@@ -108,6 +108,12 @@ pub enum OddKind {
     MissingLink,
     /// An entry that could not be read.
     Unreadable,
+    /// A mount point inside the store (often a bind mount of an outside directory on the same
+    /// file system): never crossed; removing what holds it, or collecting, would delete
+    /// outside files.
+    MountPoint,
+    /// A FIFO, socket or device: never opened (reading a FIFO blocks forever).
+    SpecialFile,
 }
 
 /// Something in the store that is not part of a well-formed layout.
@@ -143,19 +149,53 @@ impl Sink {
     }
 }
 
-/// Scans `repositories/` under the store's `docker/registry/v2` directory `v2`.
+/// Scans `repositories/` under the store's `docker/registry/v2` directory `v2`, and reports
+/// every mount point below `v2` (`repositories/`, `blobs/`) from one read of the mount table.
 /// A store without `repositories/` (nothing pushed yet) is an empty inventory.
 pub fn scan(v2: &DirFd) -> Result<Inventory> {
-    let Some(repos) = v2.sub_opt("repositories")? else {
-        return Ok(Inventory::default());
-    };
     let sink = Sink::default();
-    rayon::scope(|s| walk(s, repos, String::new(), &sink));
+    mount_points(v2, &sink);
+    if let Some(repos) = v2.sub_opt("repositories")? {
+        rayon::scope(|s| walk(s, repos, String::new(), &sink));
+    }
     let mut repos = sink.repos.into_inner().unwrap();
     repos.sort_by(|a, b| a.name.cmp(&b.name));
     let mut oddities = sink.odd.into_inner().unwrap();
     oddities.sort();
     Ok(Inventory { repos, oddities })
+}
+
+/// Reports the mount points below `v2`; an unreadable mount table is itself an oddity (mount
+/// points cannot be ruled out, so collection is refused).
+fn mount_points(v2: &DirFd, sink: &Sink) {
+    match v2.mount_points_below() {
+        Ok(m) => m.into_iter().for_each(|p| {
+            sink.odd(
+                OddKind::MountPoint,
+                p,
+                "a mount point inside the store (never crossed): unmount it",
+            )
+        }),
+        Err(e) => sink.odd(
+            OddKind::Unreadable,
+            "/proc/self/mountinfo".into(),
+            format!("{e}: mount points inside the store cannot be ruled out"),
+        ),
+    }
+}
+
+/// Reports a FIFO, socket or device `name` of `dir` (listed as [`Kind::Other`]) without
+/// opening it; the `fstatat` (rare) only names what it is.
+fn special(dir: &DirFd, name: &std::ffi::OsStr, path: String, sink: &Sink) {
+    let what = dir
+        .stat(name)
+        .map(|st| crate::fsx::special_name(st.st_mode))
+        .unwrap_or("fifo, socket or device");
+    sink.odd(
+        OddKind::SpecialFile,
+        path,
+        format!("not a regular file ({what}): never opened; remove it"),
+    );
 }
 
 fn rel(name: &str, rest: &str) -> String {
@@ -189,6 +229,7 @@ fn walk<'s>(s: &rayon::Scope<'s>, mut dir: DirFd, name: String, sink: &'s Sink) 
         let path = rel(&name, &n);
         match (ent.kind, n.as_str()) {
             (Kind::Symlink, _) => sink.odd(OddKind::Symlink, path, "symbolic link (never followed)"),
+            (Kind::Other, _) => special(&dir, &ent.name, path, sink),
             (Kind::Dir, "_manifests") => {
                 is_repo = true;
                 repo.has_manifests = true;
@@ -275,7 +316,11 @@ fn scan_links(dir: &DirFd, sub: &str, label: &str, sink: &Sink) -> Vec<Digest> {
                 sink.odd(OddKind::Symlink, path(), "symbolic link (never followed)");
                 return None;
             }
-            _ => {
+            Kind::Other => {
+                special(&sha, &ent.name, path(), sink);
+                return None;
+            }
+            Kind::File => {
                 sink.odd(
                     OddKind::UnexpectedEntry,
                     path(),
@@ -297,6 +342,14 @@ fn scan_links(dir: &DirFd, sub: &str, label: &str, sink: &Sink) -> Vec<Digest> {
                         OddKind::Symlink,
                         path() + "/link",
                         "symbolic link (never followed)",
+                    );
+                    None
+                } else if kind == Kind::Other {
+                    let what = crate::fsx::special_name(st.st_mode);
+                    sink.odd(
+                        OddKind::SpecialFile,
+                        path() + "/link",
+                        format!("not a regular file ({what}): never opened; remove it"),
                     );
                     None
                 } else if kind != Kind::File || st.st_size as usize != LINK_LEN {
@@ -355,6 +408,7 @@ fn scan_manifests(mut m: DirFd, repo: &mut Repo, sink: &Sink) {
             (Kind::Symlink, _) => {
                 sink.odd(OddKind::Symlink, path, "symbolic link (never followed)")
             }
+            (Kind::Other, _) => special(&m, &ent.name, path, sink),
             _ => sink.odd(
                 OddKind::UnexpectedEntry,
                 path,
@@ -381,7 +435,11 @@ fn scan_tags(mut tags: DirFd, name: &str, sink: &Sink) -> Vec<Tag> {
                 sink.odd(OddKind::Symlink, path, "symbolic link (never followed)");
                 return None;
             }
-            _ => {
+            Kind::Other => {
+                special(&tags, &ent.name, path, sink);
+                return None;
+            }
+            Kind::File => {
                 sink.odd(OddKind::UnexpectedEntry, path, "expected a tag directory");
                 return None;
             }
@@ -421,31 +479,7 @@ fn read_tag(tags: &DirFd, n: &str, path: &str, sink: &Sink) -> Result<Tag> {
         match (ent.kind, en.as_str()) {
             (Kind::Dir, "current") => {
                 let cur = dir.sub("current")?;
-                match cur.stat("link") {
-                    Ok(st) if crate::fsx::kind_of_mode(st.st_mode) == Kind::Symlink => {
-                        sink.odd(
-                            OddKind::Symlink,
-                            epath + "/link",
-                            "symbolic link (never followed)",
-                        );
-                        tag.current = Link::Malformed;
-                    }
-                    Ok(st) => {
-                        tag.pushed = Some(mtime(&st));
-                        let bytes = cur.read_small("link", LINK_LEN)?;
-                        tag.current = Link::from_content(&bytes);
-                        if tag.current.digest().is_none() {
-                            sink.odd(
-                                OddKind::MalformedLink,
-                                epath + "/link",
-                                "tag link is empty or malformed",
-                            );
-                        }
-                    }
-                    Err(Error::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+                read_current(&cur, &mut tag, &epath, sink)?;
             }
             (Kind::Dir, "index") => {
                 tag.history = scan_links(&dir, "index", &epath, sink);
@@ -453,6 +487,7 @@ fn read_tag(tags: &DirFd, n: &str, path: &str, sink: &Sink) -> Result<Tag> {
             (Kind::Symlink, _) => {
                 sink.odd(OddKind::Symlink, epath, "symbolic link (never followed)")
             }
+            (Kind::Other, _) => special(&dir, &ent.name, epath, sink),
             _ => sink.odd(OddKind::UnexpectedEntry, epath, "unexpected entry in a tag"),
         }
     }
@@ -464,4 +499,42 @@ fn read_tag(tags: &DirFd, n: &str, path: &str, sink: &Sink) -> Result<Tag> {
         );
     }
     Ok(tag)
+}
+
+/// Reads `current/link` into `tag`: one non-blocking, no-follow open whose `fstat` gives the
+/// push time (it replaces the `fstatat` a separate check would cost). A symlink (`ELOOP`) or
+/// a FIFO, socket or device is reported and never read; the tag's link is then malformed.
+fn read_current(cur: &DirFd, tag: &mut Tag, epath: &str, sink: &Sink) -> Result<()> {
+    let link = format!("{epath}/link");
+    match cur.read_small_stat("link", LINK_LEN) {
+        Ok((bytes, st)) => {
+            tag.pushed = Some(mtime(&st));
+            tag.current = Link::from_content(&bytes);
+            if tag.current.digest().is_none() {
+                sink.odd(
+                    OddKind::MalformedLink,
+                    link,
+                    "tag link is empty or malformed",
+                );
+            }
+        }
+        Err(e) if crate::fsx::not_regular(&e).is_some() => {
+            let what = crate::fsx::not_regular(&e).unwrap_or_default();
+            sink.odd(
+                OddKind::SpecialFile,
+                link,
+                format!("not a regular file ({what}): never read; remove it"),
+            );
+            tag.current = Link::Malformed;
+        }
+        Err(Error::Io { source, .. })
+            if source.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) =>
+        {
+            sink.odd(OddKind::Symlink, link, "symbolic link (never followed)");
+            tag.current = Link::Malformed;
+        }
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }

@@ -8,8 +8,10 @@
 //! `blobs/`, which the registry walks.
 //!
 //! Deletion goes through directory handles (`openat` + `unlinkat`), never follows a symlink
-//! (a symlink in the trash is unlinked itself), and never crosses into another file system: a
-//! directory whose device differs from the trash's is left in place and reported.
+//! (a symlink in the trash is unlinked itself), and never crosses into another mount: a
+//! directory that is a mount point (a bind mount of an outside directory has the same device
+//! number, so the test is the mount itself, see [`DirFd::sub_same_mount`]) is left in place
+//! and reported with its path.
 
 use crate::error::{errno, Error, Result};
 use crate::fsx::{DirFd, Kind};
@@ -85,7 +87,6 @@ pub struct Trash {
     /// `<root>/.regclean/trash/<run>`.
     run: DirFd,
     run_name: String,
-    dev: u64,
     seq: AtomicU64,
     /// The path of `repositories/` (every taken entry lies below it; see [`Trash::undo`]).
     base: PathBuf,
@@ -95,15 +96,14 @@ pub struct Trash {
 
 impl Trash {
     /// Creates this run's trash under the state directory `state` (`<root>/.regclean`), and
-    /// checks that it is on the same file system as `repositories` (else a rename would fail
-    /// with EXDEV halfway through a plan; better to refuse before the first one).
+    /// checks that it is on the same mount as `repositories` (else a rename would fail with
+    /// EXDEV halfway through a plan, and a trash bind-mounted from elsewhere would have its
+    /// outside contents deleted; better to refuse before the first change).
     pub fn create(state: &DirFd, same_fs_as: &DirFd) -> Result<Trash> {
         let all = state.ensure_sub("trash")?;
-        let dev = all.self_stat()?.st_dev;
-        let other = same_fs_as.self_stat()?.st_dev;
-        if dev != other {
+        if all.mount_key()? != same_fs_as.mount_key()? {
             return Err(Error::Unsafe(format!(
-                "{} and {} are on different file systems: removal by atomic rename is impossible",
+                "{} and {} are on different mounts: removal by atomic rename is impossible (is the trash or .regclean a mount point?)",
                 all.path().display(),
                 same_fs_as.path().display()
             )));
@@ -117,7 +117,6 @@ impl Trash {
             all,
             run,
             run_name,
-            dev,
             seq: AtomicU64::new(0),
             base: same_fs_as.path().to_path_buf(),
             journal: Mutex::new(Vec::new()),
@@ -178,20 +177,21 @@ impl Trash {
 
     /// Deletes what interrupted runs left in the trash (this run's directory stays).
     pub fn empty_leftovers(&self) -> Deleted {
-        empty_trash(&self.all, self.dev, Some(&self.run_name))
+        empty_trash(&self.all, Some(&self.run_name))
     }
 
     /// Deletes everything in the trash, this run's directory included.
     pub fn finish(self) -> Deleted {
-        empty_trash(&self.all, self.dev, None)
+        empty_trash(&self.all, None)
     }
 }
 
 /// Deletes what interrupted runs left in `<root>/.regclean/trash` (all of it when
 /// `keep` is `None`, else everything but the directory named `keep`, which is emptied).
-pub fn empty_trash(all: &DirFd, dev: u64, keep: Option<&str>) -> Deleted {
+/// Nothing on another mount than `all`'s is entered.
+pub fn empty_trash(all: &DirFd, keep: Option<&str>) -> Deleted {
     let mut total = Deleted::default();
-    let mut all = match all.sub(".") {
+    let mut all = match all.reopen() {
         Ok(d) => d,
         Err(e) => {
             total.errors.push(e.to_string());
@@ -214,7 +214,7 @@ pub fn empty_trash(all: &DirFd, dev: u64, keep: Option<&str>) -> Deleted {
             total.files += 1;
             continue;
         }
-        let mut rd = match all.sub(&run.name) {
+        let mut rd = match all.sub_same_mount(&run.name) {
             Ok(d) => d,
             Err(e) => {
                 total.errors.push(e.to_string());
@@ -236,7 +236,7 @@ pub fn empty_trash(all: &DirFd, dev: u64, keep: Option<&str>) -> Deleted {
                 } else {
                     Measure::Count
                 };
-                remove_entry(&rd, &e.name, e.kind, dev, m)
+                remove_entry(&rd, &e.name, e.kind, m)
             })
             .collect();
         parts.into_iter().for_each(|p| total.add(p));
@@ -261,13 +261,16 @@ pub fn leftover_runs(state: &DirFd) -> Result<usize> {
 
 /// Removes the entry `name` of `parent`: a file or symlink is unlinked, a directory deleted
 /// recursively. `kind` is what the listing said; it is rechecked by the no-follow open.
-pub fn remove_entry(parent: &DirFd, name: &OsStr, kind: Kind, dev: u64, m: Measure) -> Deleted {
+/// A directory on another mount than `parent`'s is neither entered nor removed: it stays,
+/// with an error naming it (see [`DirFd::sub_same_mount`]; the open refuses the crossing, so
+/// this costs no system call).
+pub fn remove_entry(parent: &DirFd, name: &OsStr, kind: Kind, m: Measure) -> Deleted {
     let mut out = Deleted::default();
     if kind != Kind::Dir {
         unlink_counted(parent, name, kind, m, &mut out);
         return out;
     }
-    let mut dir = match parent.sub(name) {
+    let mut dir = match parent.sub_same_mount(name) {
         Ok(d) => d,
         Err(Error::Io { source, .. })
             if source.raw_os_error() == Some(nix::errno::Errno::ENOTDIR as i32)
@@ -282,20 +285,6 @@ pub fn remove_entry(parent: &DirFd, name: &OsStr, kind: Kind, dev: u64, m: Measu
             return out;
         }
     };
-    match dir.self_stat() {
-        Ok(st) if st.st_dev != dev => {
-            out.errors.push(format!(
-                "not deleting {}: it is on another file system (a mount point inside the store?)",
-                dir.path().display()
-            ));
-            return out;
-        }
-        Ok(_) => {}
-        Err(e) => {
-            out.errors.push(e.to_string());
-            return out;
-        }
-    }
     let entries = match dir.entries() {
         Ok(e) => e,
         Err(e) => {
@@ -311,11 +300,11 @@ pub fn remove_entry(parent: &DirFd, name: &OsStr, kind: Kind, dev: u64, m: Measu
     // directories at once use both cores where one would wait.
     let sub: Vec<Deleted> = if dirs.len() > 1 {
         dirs.par_iter()
-            .map(|d| remove_entry(&dir, &d.name, Kind::Dir, dev, m))
+            .map(|d| remove_entry(&dir, &d.name, Kind::Dir, m))
             .collect()
     } else {
         dirs.iter()
-            .map(|d| remove_entry(&dir, &d.name, Kind::Dir, dev, m))
+            .map(|d| remove_entry(&dir, &d.name, Kind::Dir, m))
             .collect()
     };
     sub.into_iter().for_each(|s| out.add(s));
