@@ -374,19 +374,6 @@ fn an_index_child_without_a_revision_link_is_a_conflict_not_a_loss() {
     assert!(blob_exists(&w.r.root, &sha(b"multi-arm64-layer")));
 }
 
-fn fake_registry(dir: &Path, script: &str) -> std::path::PathBuf {
-    let p = dir.join("fake-registry");
-    std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&p).unwrap().permissions(),
-        0o755,
-    );
-    let mut perm = std::fs::metadata(&p).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-    std::fs::set_permissions(&p, perm).unwrap();
-    p
-}
-
 #[test]
 fn a_failing_a_silent_and_a_missing_gc_binary_are_errors() {
     let (t, root) = fixture("sample");

@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -24,14 +23,6 @@ impl Drop for Live {
         );
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A handle on a new store `<tmp>/root` with the usual config `<tmp>/config.yml`.

@@ -13,47 +13,8 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
 }
 
-/// Every entry under `dir` — `.regclean` included, unlike `common::snapshot` — with its type,
-/// content, mode and link count: "byte-identical" means all of it.
-fn full_snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
-        let e = e.unwrap();
-        let rel = e
-            .path()
-            .strip_prefix(dir)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let m = e.path().symlink_metadata().unwrap();
-        let mut v = format!("mode {:o} nlink {} ", m.mode(), m.nlink()).into_bytes();
-        if m.is_file() {
-            v.extend(std::fs::read(e.path()).unwrap());
-        } else if m.file_type().is_symlink() {
-            v.extend(
-                std::fs::read_link(e.path())
-                    .unwrap()
-                    .as_os_str()
-                    .as_encoded_bytes(),
-            );
-        }
-        out.push((rel, v));
-    }
-    out
-}
-
 fn code(o: &Output) -> Option<i32> {
     o.status.code()
-}
-
-/// A script standing in for the registry binary.
-fn fake_registry(dir: &Path, script: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join("fake-registry");
-    std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
 }
 
 /// Leaves what an interrupted run leaves: a tag in `.regclean/trash/<run>/`.

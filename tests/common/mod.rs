@@ -152,7 +152,7 @@ pub struct Registry {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -512,4 +512,45 @@ impl Registry {
             child: None,
         }
     }
+}
+
+// --- safety (issue 10) ---
+
+/// Every entry under `dir` — `.regclean` included, unlike [`snapshot`] — with its mode, link
+/// count and content: "byte-identical" means all of it.
+pub fn full_snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let m = e.path().symlink_metadata().unwrap();
+        let mut v = format!("mode {:o} nlink {} ", m.mode(), m.nlink()).into_bytes();
+        if m.is_file() {
+            v.extend(std::fs::read(e.path()).unwrap());
+        } else if m.file_type().is_symlink() {
+            v.extend(
+                std::fs::read_link(e.path())
+                    .unwrap()
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            );
+        }
+        out.push((rel, v));
+    }
+    out
+}
+
+/// A shell script standing in for the registry binary (`dir/fake-registry`).
+pub fn fake_registry(dir: &Path, script: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("fake-registry");
+    std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
 }
