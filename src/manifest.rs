@@ -140,11 +140,13 @@ struct GoSlice {
 
 impl GoSlice {
     /// Go 1.19: when element `i` reaches the capacity, a new backing array of
-    /// `max(cap + cap/2, 4)` zero elements receives a copy of the first `len` elements.
+    /// `max(cap + cap/2, 4)` zero elements receives a copy of the first `len` elements. (Then
+    /// `len == cap`, so nothing is lost and the growth factor never shows in the result.)
     fn grow(&mut self) {
         let cap = self.backing.len();
         self.backing.truncate(self.len);
-        self.backing.resize_with((cap + cap / 2).max(4), Desc::default);
+        self.backing
+            .resize_with((cap + cap / 2).max(4), Desc::default);
     }
 
     fn digests(&self) -> impl Iterator<Item = Result<Digest, String>> + '_ {
@@ -314,7 +316,11 @@ impl<T: Copy> Visitor<'_> for Key<T> {
         f.write_str("an object key")
     }
     fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Option<T>, E> {
-        Ok(self.0.iter().find(|(n, _)| go_fold_eq(key, n)).map(|(_, t)| *t))
+        Ok(self
+            .0
+            .iter()
+            .find(|(n, _)| go_fold_eq(key, n))
+            .map(|(_, t)| *t))
     }
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<T>, E> {
         self.visit_bytes(key.as_bytes())
@@ -713,5 +719,275 @@ mod tests {
         assert!(parse(b"{}").is_err());
         assert!(parse(br#"{"schemaVersion":2,"mediaType":"application/x-unknown"}"#).is_err());
         assert!(parse(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"md5:x"}}"#).is_err());
+    }
+
+    // --- Go encoding/json rules (each as Go 1.19 / registry 2.8.2 decodes it) ---
+
+    fn d(c: char) -> Digest {
+        Digest::parse(h(c).as_bytes()).unwrap()
+    }
+
+    fn ok(json: &str) -> Manifest {
+        parse(json.as_bytes()).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn go_fold_eq_follows_go_fold_rules() {
+        assert!(go_fold_eq(b"manifests", "manifests"));
+        assert!(go_fold_eq(b"Manifests", "manifests"));
+        assert!(go_fold_eq(b"MANIFESTS", "manifests"));
+        assert!(go_fold_eq("\u{17F}ubject".as_bytes(), "subject"));
+        assert!(go_fold_eq("LAYER\u{17F}".as_bytes(), "layers"));
+        assert!(go_fold_eq("blob\u{17F}um".as_bytes(), "blobSum"));
+        assert!(go_fold_eq("\u{212A}".as_bytes(), "k"));
+        assert!(!go_fold_eq("\u{212A}".as_bytes(), "s"));
+        assert!(!go_fold_eq("\u{17F}".as_bytes(), "k"));
+        // Other non-ASCII letters never fold to ASCII; invalid UTF-8 (Go: U+FFFD) matches nothing.
+        assert!(!go_fold_eq("confıg".as_bytes(), "config"));
+        assert!(!go_fold_eq(b"layer\xff", "layers"));
+        assert!(!go_fold_eq(b"layer", "layers"));
+        assert!(!go_fold_eq(b"layerss", "layers"));
+        assert!(!go_fold_eq(b"fs_layers", "fsLayers"));
+        // Non-letters only match themselves ('@' and '`' differ from each other by case bit).
+        assert!(go_fold_eq(b"a-b", "a-b"));
+        assert!(!go_fold_eq(b"a-b", "a_b"));
+        assert!(!go_fold_eq(b"`", "@"));
+    }
+
+    #[test]
+    fn keys_match_case_insensitively() {
+        let m = ok(&format!(
+            r#"{{"SCHEMAVERSION":2,"MediaType":"{OCI_INDEX}","Manifests":[{{"DIGEST":"{}"}}]}}"#,
+            h('a')
+        ));
+        assert_eq!((m.kind, m.refs), (Kind::Index, vec![d('a')]));
+        let m = ok(&format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","Config":{{"Digest":"{}"}},"LAYERS":[{{"digest":"{}"}}]}}"#,
+            h('a'),
+            h('b')
+        ));
+        assert_eq!(m.refs, vec![d('a'), d('b')]);
+    }
+
+    #[test]
+    fn long_s_and_kelvin_keys_match_and_escapes_are_decoded_first() {
+        let m = ok(&format!(
+            r#"{{"\u017fchemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"dige\u017ft":"{}"}},"LAYER\u017f":[{{"digest":"{}"}}],"ſubject":{{"digest":"{}"}}}}"#,
+            h('a'),
+            h('b'),
+            h('e')
+        ));
+        assert_eq!(m.refs, vec![d('a'), d('b')]);
+        assert_eq!(m.subject, Some(d('e')));
+        let m = ok(&format!(
+            r#"{{"schemaVersion":1,"f\u0073Layers":[{{"blob\u017fum":"{}"}}]}}"#,
+            h('a')
+        ));
+        assert_eq!(m.refs, vec![d('a')]);
+    }
+
+    #[test]
+    fn media_type_value_is_compared_exactly() {
+        let upper = OCI_INDEX.to_uppercase();
+        assert!(parse(
+            format!(r#"{{"schemaVersion":2,"mediaType":"{upper}","manifests":[]}}"#).as_bytes()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn last_duplicate_wins_for_strings_and_numbers() {
+        let m = ok(&format!(
+            r#"{{"schemaVersion":1,"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","mediaType":"{OCI_INDEX}","manifests":[{{"digest":"{}","digest":"{}"}}]}}"#,
+            h('a'),
+            h('b')
+        ));
+        assert_eq!((m.kind, m.refs), (Kind::Index, vec![d('b')]));
+        // An invalid earlier value is forgotten.
+        let m = ok(&format!(
+            r#"{{"schemaVersion":2,"mediaType":"x","mediaType":"{OCI_INDEX}","manifests":[{{"digest":"bogus","Digest":"{}"}}]}}"#,
+            h('b')
+        ));
+        assert_eq!(m.refs, vec![d('b')]);
+    }
+
+    #[test]
+    fn duplicate_struct_is_decoded_into_the_earlier_value() {
+        let m = ok(&format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}},"config":{{"size":1}},"layers":[]}}"#,
+            h('a')
+        ));
+        assert_eq!(m.refs, vec![d('a')]);
+        // A non-nil pointer too; null then resets the pointer.
+        let subj = |tail: &str| {
+            ok(&format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}},"subject":{{"digest":"{}"}},"subject":{{"size":2}}{tail}}}"#,
+                h('a'),
+                h('e')
+            ))
+            .subject
+        };
+        assert_eq!(subj(""), Some(d('e')));
+        assert_eq!(subj(r#","subject":null"#), None);
+    }
+
+    #[test]
+    fn duplicate_slice_reuses_go_backing_array() {
+        let img = |layers: &str| {
+            ok(&format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}},{layers}}}"#,
+                h('c')
+            ))
+            .refs[1..]
+                .to_vec()
+        };
+        let (a, b) = (h('a'), h('b'));
+        // A later array replaces the length and values it names...
+        assert_eq!(
+            img(&format!(
+                r#""layers":[{{"digest":"{a}"}},{{"digest":"{b}"}}],"layers":[{{"digest":"{b}"}}]"#
+            )),
+            vec![d('b')]
+        );
+        // ... but its elements are decoded into the earlier ones, and elements beyond the
+        // length come back from the backing array (capacity 4).
+        assert_eq!(
+            img(&format!(
+                r#""layers":[{{"digest":"{a}"}},{{"digest":"{b}"}}],"layers":[{{"size":1}}],"layers":[{{}},null]"#
+            )),
+            vec![d('a'), d('b')]
+        );
+        // `[]` and `null` drop the backing array.
+        assert!(parse(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}},"layers":[{{"digest":"{a}"}}],"layers":[],"layers":[{{}}]}}"#, h('c')).as_bytes()).is_err());
+        assert!(parse(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}},"layers":[{{"digest":"{a}"}}],"layers":null,"layers":[{{}}]}}"#, h('c')).as_bytes()).is_err());
+        // Leftovers are re-extended one by one before the array grows past its capacity, so
+        // all of them survive: 4 elements, then 1, then 6 keeps all four `a`.
+        let four = format!(
+            r#"[{{"digest":"{a}"}},{{"digest":"{a}"}},{{"digest":"{a}"}},{{"digest":"{a}"}}]"#
+        );
+        let six = format!(r#"[{{}},{{}},{{}},{{}},{{"digest":"{b}"}},{{"digest":"{b}"}}]"#);
+        let all = [d('a'), d('a'), d('a'), d('a'), d('b'), d('b')];
+        assert_eq!(
+            img(&format!(
+                r#""layers":{four},"layers":[{{}}],"layers":{six}"#
+            )),
+            all
+        );
+    }
+
+    #[test]
+    fn null_is_empty_list_and_no_op_for_scalars_and_structs() {
+        let m = ok(&format!(
+            r#"{{"schemaVersion":2,"schemaVersion":null,"mediaType":"{OCI_MANIFEST}","mediaType":null,"config":{{"digest":"{}"}},"config":null,"layers":null}}"#,
+            h('a')
+        ));
+        assert_eq!((m.kind, m.refs), (Kind::Image, vec![d('a')]));
+        let m = ok(&format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":null}}"#
+        ));
+        assert_eq!((m.kind, m.refs.len()), (Kind::Index, 0));
+        // An element `null` leaves the element (here zero: an empty digest).
+        assert!(parse(
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[null]}}"#)
+                .as_bytes()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_whatever_their_content() {
+        // Invalid UTF-8 and lone surrogates (Go: U+FFFD) in unknown keys and values are fine.
+        let mut m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","x":[1,{{"y":null}},"\ud800"],"bad\ud800"#
+        )
+        .into_bytes();
+        m.extend_from_slice(b"\xff\":\"\xff\",\"manifests\":[{\"other\":\"\xfe\",");
+        m.extend_from_slice(
+            format!(
+                r#""digest":"{}","platform":{{"os":"linux"}}}}],"annotations":{{"a":"b"}}}}"#,
+                h('a')
+            )
+            .as_bytes(),
+        );
+        assert_eq!(parse(&m).unwrap().refs, vec![d('a')]);
+    }
+
+    #[test]
+    fn absent_media_type_decides_by_nil_manifests_as_the_registry_does() {
+        let cfg = h('a');
+        let with = |extra: &str| {
+            parse(
+                format!(r#"{{"schemaVersion":2,"config":{{"digest":"{cfg}"}}{extra}}}"#).as_bytes(),
+            )
+        };
+        assert_eq!(with("").unwrap().kind, Kind::Image);
+        assert_eq!(with(r#","manifests":null"#).unwrap().kind, Kind::Image);
+        assert_eq!(with(r#","manifests":[]"#).unwrap().kind, Kind::Index);
+        assert_eq!(
+            with(r#","mediaType":"","Manifests":[]"#).unwrap().kind,
+            Kind::Index
+        );
+        assert_eq!(
+            with(r#","manifests":[],"manifests":null"#).unwrap().kind,
+            Kind::Image
+        );
+        // Without config either, an image manifest has an empty config digest: unusable.
+        assert!(parse(br#"{"schemaVersion":2}"#).is_err());
+    }
+
+    #[test]
+    fn type_mismatch_fails_only_where_go_decodes_the_field() {
+        let img = |extra: &str| {
+            parse(format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}"}}{extra}}}"#, h('a')).as_bytes())
+        };
+        for bad in [
+            r#","layers":"x""#,
+            r#","layers":{}"#,
+            r#","layers":[1]"#,
+            r#","config":[]"#,
+            r#","Config":"x""#,
+            r#","layers":[{"digest":5}]"#,
+            r#","subject":"x""#,
+        ] {
+            assert!(img(bad).is_err(), "{bad}");
+        }
+        // Go's manifest list has no `layers`: a wrong type there is ignored for an index.
+        let idx = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[],"layers":"x","config":7}}"#
+        );
+        assert!(parse(idx.as_bytes()).is_ok());
+        let idx = format!(r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":"x"}}"#);
+        assert!(parse(idx.as_bytes()).is_err());
+        for bad in [
+            "2.5",
+            "2.0",
+            "2e0",
+            "\"2\"",
+            "true",
+            "[2]",
+            "18446744073709551618",
+        ] {
+            let m =
+                format!(r#"{{"schemaVersion":{bad},"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+            assert!(parse(m.as_bytes()).is_err(), "{bad}");
+        }
+        let m = format!(r#"{{"schemaVersion":2,"mediaType":1,"manifests":[]}}"#);
+        assert!(parse(m.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn invalid_json_and_trailing_data_fail() {
+        let good = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+        assert!(parse(good.as_bytes()).is_ok());
+        assert!(parse(format!("{good} \n").as_bytes()).is_ok());
+        for bad in [
+            format!("{good}x"),
+            format!("{good}{{}}"),
+            good.replace("[]", "[,]"),
+            format!("[{good}]"),
+            "null".into(),
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 }
