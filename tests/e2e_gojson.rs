@@ -38,9 +38,7 @@ fn put_manifest(r: &Registry, repo: &str, reference: &str, ct: &str, body: &str)
 fn put_accepted(r: &Registry, repo: &str, reference: &str, ct: &str, body: &str) {
     let (status, resp) = put_manifest(r, repo, reference, ct, body);
     assert_eq!(status, 201, "PUT {repo}:{reference} {body}: {resp}");
-    let (status, served) = r
-        .get(&format!("/v2/{repo}/manifests/{reference}"))
-        .unwrap();
+    let (status, served) = r.get(&format!("/v2/{repo}/manifests/{reference}")).unwrap();
     assert_eq!(status, 200, "GET {repo}:{reference}: {served}");
     assert_eq!(served, body, "{repo}:{reference} is served as PUT");
 }
@@ -60,7 +58,9 @@ fn parts(img: &ImageDir) -> (String, Vec<String>) {
 
 /// A descriptor of `img`'s top manifest, for an index.
 fn child_desc(img: &ImageDir) -> String {
-    let len = std::fs::metadata(img.dir.join("manifest.json")).unwrap().len();
+    let len = std::fs::metadata(img.dir.join("manifest.json"))
+        .unwrap()
+        .len();
     format!(
         r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{len}}}"#,
         img.digest
@@ -95,7 +95,11 @@ fn remove_and_collect(r: &Registry, targets: &[&str]) -> serde_json::Value {
     if predicted > 0 {
         // regclean ran the registry's dry run and compared the swept sets.
         assert_eq!(gc["prediction_exact"], true, "{gc}");
-        assert_eq!(gc["registry_dry_run_blobs"].as_u64(), Some(predicted), "{gc}");
+        assert_eq!(
+            gc["registry_dry_run_blobs"].as_u64(),
+            Some(predicted),
+            "{gc}"
+        );
     }
     // Either way, the registry's own collector finds nothing more to sweep.
     assert_eq!(registry_dry_run_sweeps(r), 0);
@@ -271,7 +275,10 @@ fn go_json_key_rules_are_read_as_the_registry_reads_them() {
     let c_own_sha = sha(b"c own");
     assert!(blob_exists(&r.root, &c_own_sha), "dups references c own");
     for (what, d) in [
-        ("e's own layer, named only in an unknown field", sha(b"e own")),
+        (
+            "e's own layer, named only in an unknown field",
+            sha(b"e own"),
+        ),
         ("c's top manifest", c.digest.clone()),
     ] {
         assert!(!blob_exists(&r.root, &d), "{what} {d} must be swept");
