@@ -188,14 +188,22 @@ fn go_json_key_rules_are_read_as_the_registry_reads_them() {
     }
     let mut r = Registry::start();
     let src = |own: &[u8]| oci_image(&[BASE, own, b"second layer".as_slice()]);
-    let (a, b, c, e, f) = (
+    let (a, b, c, e, f, g) = (
         src(b"a own"),
         src(b"b own"),
         src(b"c own"),
         src(b"e own"),
         src(b"f own"),
+        src(b"g own"),
     );
-    for (img, tag) in [(&a, "a"), (&b, "b"), (&c, "c"), (&e, "e"), (&f, "f")] {
+    for (img, tag) in [
+        (&a, "a"),
+        (&b, "b"),
+        (&c, "c"),
+        (&e, "e"),
+        (&f, "f"),
+        (&g, "g"),
+    ] {
         r.push(img, &format!("v:src-{tag}"));
     }
 
@@ -228,6 +236,16 @@ fn go_json_key_rules_are_read_as_the_registry_reads_them() {
         l[1]
     );
     put_accepted(&r, "v", "dups", OCI_MANIFEST, &dups);
+
+    // Go decodes a later array into the earlier slice: elements merge, and elements past the
+    // shorter array's length come back from the backing array. Layers end as g's three.
+    let (cfg, l) = parts(&g);
+    let leftover = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{cfg},"layers":[{}],"layers":[{{"size":{}}}],"layers":[{{}},null,{{}}]}}"#,
+        l.join(","),
+        BASE.len()
+    );
+    put_accepted(&r, "v", "leftover", OCI_MANIFEST, &leftover);
 
     // Unknown fields are ignored (layers named only there are not referenced), `null` lists.
     let (cfg, l) = parts(&e);
@@ -285,13 +303,21 @@ fn go_json_key_rules_are_read_as_the_registry_reads_them() {
     }
     for (what, d) in [
         ("f, child of v:nomt", f.digest.clone()),
+        ("g's own layer, a leftover in v:leftover", sha(b"g own")),
         ("the referrer of v:upper", referrer_digest.clone()),
         ("second layer", sha(b"second layer")),
     ] {
         assert!(blob_exists(&r.root, &d), "{what} {d} must stay");
     }
     r.serve(&[]);
-    r.assert_pull(&["v:upper", "v:longs", "v:dups", "v:nulls", "v:nomt"]);
+    r.assert_pull(&[
+        "v:upper",
+        "v:longs",
+        "v:dups",
+        "v:leftover",
+        "v:nulls",
+        "v:nomt",
+    ]);
     let (status, _) = r
         .get(&format!("/v2/v/manifests/{referrer_digest}"))
         .unwrap();
