@@ -354,3 +354,55 @@ fn live_guard_reads_yaml_merge_keys_in_the_config_like_the_registry() {
     let r = serve_same_store_differently(cfg, &[]);
     assert_found_serving(&r);
 }
+
+// --- kill -9 during collection ---
+
+/// regclean is SIGKILLed while the registry's `garbage-collect` runs: the collector (its
+/// child) keeps running and sweeping, but the lock died with regclean (the lock descriptor is
+/// close-on-exec, nothing ties the child to the parent). A second run — or the maintenance
+/// script restarting the registry — proceeds while blobs are still being deleted. Either the
+/// collector must hold the lock too (the second run exits 3) or it must die with regclean.
+#[test]
+fn sigkill_during_collection_leaves_the_collector_running_without_the_lock() {
+    let (t, root) = fixture("sample");
+    let started = t.path().join("gc-started");
+    let finished = t.path().join("gc-finished");
+    let fake = fake_registry(
+        t.path(),
+        &format!(
+            "case \"$*\" in *--dry-run*) echo '0 blobs marked, 0 blobs and 0 manifests eligible for deletion';; *) touch {s}; sleep 4; touch {f}; echo '0 blobs marked, 0 blobs and 0 manifests eligible for deletion';; esac",
+            s = started.display(),
+            f = finished.display()
+        ),
+    );
+    let mut first = regclean()
+        .arg("--root")
+        .arg(&root)
+        .args(["--config", "/dev/null", "-q", "--registry-bin"])
+        .arg(&fake)
+        .arg("team1/app0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let second = run_on(&root, &["--no-gc", "team1/app1"]);
+    let collector_was_running = !finished.exists();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    if second.status.code() != Some(3) {
+        assert!(
+            !(collector_was_running && finished.exists()),
+            "a second run changed the store while the killed run's collector was still sweeping: {}",
+            text(&second)
+        );
+    }
+}
