@@ -69,7 +69,7 @@ pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
     use crate::check;
     let loc = locate(settings)?;
     let store = open_store(&loc)?;
-    let state = store.root.sub_opt(STATE_DIR)?;
+    let state = open_state(&store.root).map_err(|e| Error::Failed(e.to_string()))?;
     let repos_dir = store.v2.sub_opt("repositories")?;
     let inv = scan::scan(&store.v2)?;
     let db = collect::load_db(&store.v2, &inv);
@@ -293,7 +293,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     tracing::info!("storage root {}", loc.root.display());
     let _lock = lock::acquire(&store.root, settings.wait)?;
     let dry = settings.mode == Mode::DryRun;
-    let leftover = match store.root.sub_opt(STATE_DIR)? {
+    let leftover = match open_state(&store.root)? {
         Some(s) => trash::leftover_runs(&s)?,
         None => 0,
     };
@@ -323,6 +323,21 @@ pub fn run(settings: &Settings) -> Result<Report> {
             serving,
         },
     )?;
+    // The last refusal points: what the collector needs (a root it can be given), and where
+    // the trash can go (same mount as `repositories/`).
+    let gc_cfg = match (prep.run, dry) {
+        (true, false) => Some(collect::gc_config(
+            loc.config
+                .as_ref()
+                .filter(|c| c.yaml.get("version").is_some())
+                .map(|c| c.path.as_path()),
+            &loc.root,
+        )?),
+        _ => None,
+    };
+    if let (Some(r), false) = (&repos_dir, dry) {
+        check_trash_mount(&store, r)?;
+    }
     timer.lap("predict");
     for m in &plan.missing {
         match settings.missing {
@@ -358,19 +373,12 @@ pub fn run(settings: &Settings) -> Result<Report> {
                 prep.report.reason = Some("nothing to collect: no blob became unreachable".into());
                 prep.report.restart_required = false;
             }
-            if let (true, Some(bin)) = (prep.run, prep.bin.clone()) {
-                let cfg = collect::gc_config(
-                    loc.config
-                        .as_ref()
-                        .filter(|c| c.yaml.get("version").is_some())
-                        .map(|c| c.path.as_path()),
-                    &loc.root,
-                )?;
+            if let (true, Some(bin), Some(cfg)) = (prep.run, prep.bin.clone(), &gc_cfg) {
                 let r = collect::collect(
                     &settings.gc,
                     &mut prep,
                     &bin,
-                    &cfg,
+                    cfg,
                     &loc.root,
                     &store.v2,
                     &mut timer,
@@ -384,19 +392,29 @@ pub fn run(settings: &Settings) -> Result<Report> {
             }
             if prep.report.status == collect::GcStatus::Refused {
                 // The registry's dry run disagreed after removal: put everything back.
-                let undo = t.undo(&store.v2.sub("repositories")?);
+                let taken = t.taken();
+                let undo = t.undo(r);
                 rolled_back = undo.is_empty();
                 if rolled_back {
                     remove_made_state(&store.root, made);
                 } else {
                     prep.report.status = collect::GcStatus::Failed;
                     errors.push(format!(
-                        "collection was refused after removal and {} entr(ies) could not be put back: the removals and pruning above took effect",
+                        "collection was refused after removal; {} of {taken} removed entries were put back, {} could not be (they stay in the trash, removed for the registry):",
+                        taken - undo.len(),
                         undo.len()
                     ));
                     errors.extend(undo);
                 }
             } else {
+                // Committed: emptied repository directories go, then the trash.
+                let emptied = plan
+                    .removals
+                    .iter()
+                    .filter(|x| matches!(x.what, plan::What::Repository { .. }))
+                    .map(|x| x.repo.as_str())
+                    .chain(prep.report.layers_removed.iter().map(String::as_str));
+                errors.extend(apply::remove_emptied(r, emptied));
                 crate::progress::phase("deleting the trash");
                 deleted.add(t.finish());
             }
@@ -435,6 +453,51 @@ pub fn run(settings: &Settings) -> Result<Report> {
     Ok(report)
 }
 
+/// Opens `<root>/.regclean` if it exists. Anything else there than a directory (a planted
+/// symlink, a file) is refused with a message that names it: regclean neither follows nor
+/// removes it.
+fn open_state(root: &DirFd) -> Result<Option<DirFd>> {
+    root.sub_opt(STATE_DIR).map_err(|e| match e {
+        Error::Io { path, source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(c) if c == nix::errno::Errno::ELOOP as i32 || c == nix::errno::Errno::ENOTDIR as i32
+            ) =>
+        {
+            Error::Unsafe(format!(
+                "{} is a symlink or not a directory, not regclean's state directory (planted?): remove it, then run again; nothing was changed",
+                path.display()
+            ))
+        }
+        e => e,
+    })
+}
+
+/// Refuses (nothing written yet) unless `repositories/` and regclean's state directory (if it
+/// exists, and its trash) lie on the storage root's own mount: a removal is a rename into the
+/// trash, and a bind mount there (even of the same file system) would either make the renames
+/// fail halfway or let regclean create and delete files outside the store.
+fn check_trash_mount(store: &Store, repos: &DirFd) -> Result<()> {
+    let root_mount = store.root.mount_key()?;
+    let mut dirs = vec![(repos.mount_key()?, repos.path().to_path_buf())];
+    if let Some(state) = open_state(&store.root)? {
+        dirs.push((state.mount_key()?, state.path().to_path_buf()));
+        if let Some(t) = state.sub_opt("trash")? {
+            dirs.push((t.mount_key()?, t.path().to_path_buf()));
+        }
+    }
+    for (m, path) in dirs {
+        if m != root_mount {
+            return Err(Error::Unsafe(format!(
+                "{} is not on the storage root's mount (a mount point, e.g. a bind mount): removal by atomic rename into {} is impossible; nothing was changed",
+                path.display(),
+                store.root.child_path(STATE_DIR).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Which state directories a run created (so that a rollback removes exactly those).
 #[derive(Debug, Clone, Copy)]
 struct Made {
@@ -442,21 +505,9 @@ struct Made {
     trash: bool,
 }
 
-/// Creates `<root>/.regclean/trash/<run>` — the first write of a run. Refuses (nothing
-/// created) when the state directory would not be on the same file system as
-/// `repositories/` (a removal by rename would fail halfway through a plan).
+/// Creates `<root>/.regclean/trash/<run>` — the first write of a run — once
+/// [`check_trash_mount`] said the mounts agree.
 fn create_trash(root: &DirFd, repos: &DirFd) -> Result<(Trash, Made)> {
-    let here = match root.sub_opt(STATE_DIR)? {
-        Some(s) => s.self_stat()?.st_dev,
-        None => root.self_stat()?.st_dev,
-    };
-    if here != repos.self_stat()?.st_dev {
-        return Err(Error::Unsafe(format!(
-            "{} and {} are on different file systems: removal by atomic rename is impossible; nothing was changed",
-            root.child_path(STATE_DIR).display(),
-            repos.path().display()
-        )));
-    }
     let mut made = Made {
         state: root.sub_opt(STATE_DIR)?.is_none(),
         trash: true,

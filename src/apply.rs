@@ -7,7 +7,8 @@
 //! `_manifests` without `_layers`: a repository invisible to 2.8's GC whose blobs get swept.
 //! The three are renamed one by one — never the repository directory itself — because a child
 //! repository (`team/app/api` under `team/app`) may be created between a check and a rename;
-//! the directory goes afterwards only through `rmdir`, which the kernel refuses when not empty.
+//! the directory goes afterwards ([`remove_emptied`], once the run can no longer roll back)
+//! only through `rmdir`, which the kernel refuses when not empty.
 
 use crate::error::{Error, Result};
 use crate::fsx::DirFd;
@@ -136,17 +137,26 @@ fn apply_one(repos: &DirFd, trash: &Trash, r: &Removal, layers: Layers) -> Resul
                     Err(e) => return Err(e),
                 }
             }
-            drop(repo);
-            remove_empty_dirs(repos, &r.repo)?;
             tracing::info!("removed repository {}", r.repo);
         }
     }
     Ok(())
 }
 
+/// Removes the directories of `names` (repositories whose parts went to the trash) and then
+/// their parents while they are empty. Called only once the run is committed (no rollback can
+/// follow): a rollback then finds every directory where it was, with its owner and mode.
+/// Returns the failures.
+pub fn remove_emptied<'a>(repos: &DirFd, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    names
+        .into_iter()
+        .filter_map(|n| remove_empty_dirs(repos, n).err().map(|e| e.to_string()))
+        .collect()
+}
+
 /// Removes `repositories/<name>` and then its parents while they are empty. `rmdir` is atomic
 /// and refuses a non-empty directory, so a nested repository is never at risk.
-pub fn remove_empty_dirs(repos: &DirFd, name: &str) -> Result<()> {
+fn remove_empty_dirs(repos: &DirFd, name: &str) -> Result<()> {
     let mut name = name;
     loop {
         let (parent, last) = match name.rsplit_once('/') {

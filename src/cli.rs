@@ -68,11 +68,7 @@ pub struct Args {
 
     /// Storage root (the directory holding docker/registry/v2).
     /// [default: the registry config's storage.filesystem.rootdirectory, else /var/lib/registry]
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"
-    )]
+    #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
     /// Registry config file.
@@ -375,7 +371,13 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
         } else {
             Verify::Structure
         },
-        root: args.root,
+        // The environment form is read as the registry reads it: a YAML value (a quoted
+        // `"/data"` from an env file is /data).
+        root: args.root.or_else(|| {
+            std::env::var("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")
+                .ok()
+                .map(|v| PathBuf::from(crate::config::env_scalar(&v)))
+        }),
         config: args.config,
         store: if args.skip_missing_store {
             StorePolicy::SkipMissing

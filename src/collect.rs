@@ -359,20 +359,18 @@ pub fn orphan_layers(inv: &Inventory) -> Vec<String> {
         .collect()
 }
 
-/// Takes the `_layers` of `repos` (see [`orphan_layers`]) through the trash and removes the
-/// directories that end up empty.
+/// Takes the `_layers` of `repos` (see [`orphan_layers`]) through the trash (their emptied
+/// directories go with [`crate::apply::remove_emptied`] once the run is committed).
 pub fn apply_orphan_layers(repos_dir: &DirFd, trash: &Trash, repos: &[String]) -> Vec<String> {
     let mut errors = Vec::new();
     for name in repos {
-        let r = open_repo(repos_dir, name)
-            .and_then(|repo| {
-                // Re-checked on the handle: a manifest pushed since the scan keeps its links.
-                if repo.sub_opt("_manifests")?.is_some() || repo.sub_opt("_uploads")?.is_some() {
-                    return Ok(());
-                }
-                trash.take(&repo, "_layers", "layers")
-            })
-            .and_then(|()| crate::apply::remove_empty_dirs(repos_dir, name));
+        let r = open_repo(repos_dir, name).and_then(|repo| {
+            // Re-checked on the handle: a manifest pushed since the scan keeps its links.
+            if repo.sub_opt("_manifests")?.is_some() || repo.sub_opt("_uploads")?.is_some() {
+                return Ok(());
+            }
+            trash.take(&repo, "_layers", "layers")
+        });
         if let Err(e) = r {
             errors.push(e.to_string());
         }
@@ -505,16 +503,19 @@ pub fn collect(
 /// a minimal one generated with the YAML library and passed on the collector's standard input,
 /// so that no file is written (a planted link could redirect such a write) and any root path
 /// (`a: b`, `[x`, `x #y`) is quoted correctly.
+///
+/// Called before the first change: a root the collector cannot be given (not UTF-8: YAML
+/// cannot name it) is refused while nothing has been changed.
 pub fn gc_config(existing: Option<&Path>, root: &Path) -> Result<crate::gc::GcConfig> {
-    if let Some(p) = existing {
-        return Ok(crate::gc::GcConfig::File(p.to_path_buf()));
-    }
     let root = root.to_str().ok_or_else(|| {
         Error::Usage(format!(
-            "storage root {} is not valid UTF-8: the registry's config cannot name it",
+            "storage root {} is not valid UTF-8: the registry's collector cannot be given it (its config is YAML); nothing was changed",
             root.display()
         ))
     })?;
+    if let Some(p) = existing {
+        return Ok(crate::gc::GcConfig::File(p.to_path_buf()));
+    }
     let text = minimal_config(root);
     Ok(crate::gc::GcConfig::Generated(text))
 }

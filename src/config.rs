@@ -91,9 +91,16 @@ pub fn read_config(path: &Path) -> Result<RegistryConfig> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    let yaml: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
+    let mut yaml: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
         Error::Usage(format!(
             "registry config {}: invalid YAML: {e}",
+            path.display()
+        ))
+    })?;
+    // Merge keys (`<<: *base`) are applied by the registry's YAML library; so here.
+    yaml.apply_merge().map_err(|e| {
+        Error::Usage(format!(
+            "registry config {}: invalid YAML merge key: {e}",
             path.display()
         ))
     })?;
@@ -218,6 +225,19 @@ pub fn locate(
     })
 }
 
+/// A `REGISTRY_*` override value as the registry reads it: YAML, so `"/data"` (quotes
+/// included, as `docker run --env-file` passes `KEY="/data"`) is `/data`, and `123` is `123`.
+/// Anything that is not a YAML scalar is taken literally.
+pub fn env_scalar(raw: &str) -> String {
+    match serde_yaml_ng::from_str::<Value>(raw) {
+        Ok(Value::String(s)) => s,
+        Ok(Value::Number(n)) => n.to_string(),
+        Ok(Value::Bool(b)) => b.to_string(),
+        Ok(Value::Null) => String::new(),
+        _ => raw.to_string(),
+    }
+}
+
 /// What a YAML value is, for messages.
 fn yaml_kind(v: &Value) -> &'static str {
     match v {
@@ -234,6 +254,15 @@ fn yaml_kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_values_are_read_as_yaml_like_the_registry() {
+        assert_eq!(env_scalar(r#""/data/reg""#), "/data/reg");
+        assert_eq!(env_scalar("'/data/a: b'"), "/data/a: b");
+        assert_eq!(env_scalar("/plain/path"), "/plain/path");
+        assert_eq!(env_scalar("123"), "123");
+        assert_eq!(env_scalar("~/x"), "~/x");
+    }
 
     fn cfg(text: &str) -> RegistryConfig {
         RegistryConfig {

@@ -128,6 +128,21 @@ pub fn run(bin: &Path, config: &GcConfig, root: &Path, dry_run: bool) -> Result<
         "running the registry's garbage-collect{}",
         if dry_run { " --dry-run" } else { "" }
     ));
+    // The collector dies with regclean: killed regclean means released lock, and a collector
+    // sweeping on without the lock could race the next run (or a restarted registry).
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid, _exit).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                nix::libc::_exit(1); // the parent died before the prctl took effect
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::Failed(format!("cannot run {what}: {e}")))?;

@@ -115,7 +115,10 @@ impl Scan {
             }
             Err(_) => return None,
         };
-        let env_driver = env.get("REGISTRY_STORAGE").map(|d| d.trim());
+        let env_driver = env
+            .get("REGISTRY_STORAGE")
+            .map(|d| config::env_scalar(d.trim()));
+        let env_driver = env_driver.as_deref();
         if env_driver.is_some_and(|d| !d.is_empty() && d != "filesystem") {
             return None;
         }
@@ -134,11 +137,13 @@ impl Scan {
             Ok(Some(d)) if d != "filesystem" => return None,
             _ => {}
         }
+        // The registry reads REGISTRY_* values as YAML (`"/store"` is /store).
         let env_root = env
             .get("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")
+            .map(|r| config::env_scalar(r))
             .filter(|r| !r.is_empty());
         let their_root = match (env_root, &state) {
-            (Some(r), _) => r.clone(),
+            (Some(r), _) => r,
             (None, ConfigState::Unreadable(why)) => {
                 return Some(found(false, assume_worst(why)));
             }

@@ -164,7 +164,9 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
         };
         let mut matched = false;
         for repo in repos {
-            touched.insert(repo.name.clone());
+            if t.repo.literal().is_some() {
+                touched.insert(repo.name.clone());
+            }
             match &t.tag {
                 None => {
                     matched = true;
@@ -202,11 +204,10 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
             out.unmatched.push(text);
         }
     }
-    if req.scope == Scope::Targets && !req.targets.is_empty() {
-        out.prune_scope = PruneScope::Repositories(touched);
-    }
+    let store_wide = req.scope == Scope::All || req.targets.is_empty();
     if let Some(ret) = &req.retention {
         retain(inv, req.scope, ret, &chosen, now, &mut out);
+        out.prune_scope = prune_scope(store_wide, touched, &out.removals);
         return out;
     }
     for ((repo_name, tag), reason) in &chosen {
@@ -241,7 +242,19 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
             &b.what,
         ))
     });
+    out.prune_scope = prune_scope(store_wide, touched, &out.removals);
     out
+}
+
+/// The run's pruning scope: store-wide for `--all` and `--gc-only`; otherwise the repositories
+/// a target names literally plus those where the run removes something. A pattern such as
+/// `'*:pr-*'` thus prunes only where it removed a tag, not in every repository it matched.
+fn prune_scope(store_wide: bool, mut named: BTreeSet<String>, removals: &[Removal]) -> PruneScope {
+    if store_wide {
+        return PruneScope::Store;
+    }
+    named.extend(removals.iter().map(|r| r.repo.clone()));
+    PruneScope::Repositories(named)
 }
 
 /// Applies a retention policy to the tags `chosen` selects (or to every tag with `--all`).
@@ -383,6 +396,35 @@ mod tests {
                 What::Repository { .. } => r.repo.clone(),
             })
             .collect()
+    }
+
+    fn scope(p: &Plan) -> Vec<String> {
+        match &p.prune_scope {
+            PruneScope::Store => vec!["<store>".into()],
+            PruneScope::Repositories(r) => r.iter().cloned().collect(),
+        }
+    }
+
+    #[test]
+    fn pruning_scope_is_the_named_repositories_and_those_a_pattern_removed_from() {
+        // Named literally: pruned there even if the tag is missing.
+        assert_eq!(scope(&run(&["app:pr-1"])), ["app"]);
+        assert_eq!(scope(&run(&["team/web:nosuch"])), ["team/web"]);
+        // A pattern matching many repositories prunes only where it removed something.
+        assert_eq!(scope(&run(&["**:pr-*"])), ["app"]);
+        assert_eq!(scope(&run(&["team/*"])), ["team/app", "team/web"]);
+        // --gc-only (no targets) and --all are store-wide.
+        assert_eq!(scope(&run(&[])), ["<store>"]);
+        let all = plan(
+            &inv(),
+            &Request {
+                scope: Scope::All,
+                retention: Some(Retention::default()),
+                ..Request::default()
+            },
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(scope(&all), ["<store>"]);
     }
 
     #[test]

@@ -77,7 +77,13 @@ impl Report {
         } else {
             "removed"
         };
-        let done = if self.dry_run { "to remove" } else { "removed" };
+        let done = if self.dry_run {
+            "to remove"
+        } else if self.rolled_back {
+            "removed, then put back"
+        } else {
+            "removed"
+        };
         // Per repository: what goes, then (with a retention policy) what stays and why.
         let mut lines: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for o in &self.removals {
@@ -149,7 +155,13 @@ impl Report {
         let _ = write!(
             s,
             "{}: {tags} tag(s) and {repos} repositor{} {done}",
-            if self.dry_run { "Dry run" } else { "Done" },
+            if self.dry_run {
+                "Dry run"
+            } else if self.rolled_back {
+                "Refused"
+            } else {
+                "Done"
+            },
             if repos == 1 { "y" } else { "ies" }
         );
         if failed > 0 {

@@ -21,28 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// Opens `rel` (components below `base`) without following symlinks, creating missing
-/// directories with mode 0755.
-fn open_creating(base: &DirFd, rel: &Path) -> Result<DirFd> {
+/// Opens `rel` (components below `base`) without following symlinks.
+fn open_rel(base: &DirFd, rel: &Path) -> Result<DirFd> {
     let mut d = base.sub(".")?;
     for c in rel.components() {
-        let c = c.as_os_str();
-        d = match d.sub_opt(c)? {
-            Some(x) => x,
-            None => {
-                match nix::sys::stat::mkdirat(
-                    d.as_fd(),
-                    c,
-                    nix::sys::stat::Mode::from_bits_truncate(0o755),
-                ) {
-                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-                    Err(e) => {
-                        return Err(Error::io("creating directory", d.child_path(c), errno(e)))
-                    }
-                }
-                d.sub(c)?
-            }
-        };
+        d = d.sub(c.as_os_str())?;
     }
     Ok(d)
 }
@@ -140,19 +123,25 @@ impl Trash {
         Ok(())
     }
 
+    /// How many entries this run has taken.
+    pub fn taken(&self) -> usize {
+        self.journal.lock().expect("journal").len()
+    }
+
     /// Puts everything this run took back where it was, newest first, and removes the run's
     /// trash directory. Why: a refusal that comes after removal (the registry's dry run lists a
     /// blob regclean considers reachable) must still mean "nothing was changed" (exit 3).
     /// Each entry goes back by one `renameat2(RENAME_NOREPLACE)`, so a name re-created
     /// meanwhile (a concurrent push of the same tag) is never overwritten: that entry stays in
-    /// the trash and is reported. Directories removed on the way (an emptied repository
-    /// directory) are re-created (mode 0755, as the registry creates them). `repos` is a fresh
-    /// handle on `repositories/`. Returns what could not be put back.
+    /// the trash and is reported. No directory is re-created: emptied repository directories
+    /// are removed only once a run is committed, so every parent is still there, with its
+    /// owner and mode. `repos` is the handle on `repositories/`. Returns what could not be put
+    /// back.
     pub fn undo(self, repos: &DirFd) -> Vec<String> {
         let mut errors = Vec::new();
         let journal = std::mem::take(&mut *self.journal.lock().expect("journal"));
         for (rel, name, entry) in journal.into_iter().rev() {
-            let r = open_creating(repos, &rel).and_then(|parent| {
+            let r = open_rel(repos, &rel).and_then(|parent| {
                 nix::fcntl::renameat2(
                     self.run.as_fd(),
                     entry.as_str(),

@@ -13,65 +13,6 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
 }
 
-/// Every entry under `dir`, `.regclean` included, with type, content, mode, owner and link
-/// count (as tests/safety.rs, plus the owner).
-fn full_snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
-        let e = e.unwrap();
-        let rel = e
-            .path()
-            .strip_prefix(dir)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let m = e.path().symlink_metadata().unwrap();
-        let mut v = format!(
-            "mode {:o} uid {} gid {} nlink {} ",
-            m.mode(),
-            m.uid(),
-            m.gid(),
-            m.nlink()
-        )
-        .into_bytes();
-        if m.is_file() {
-            v.extend(std::fs::read(e.path()).unwrap());
-        } else if m.file_type().is_symlink() {
-            v.extend(
-                std::fs::read_link(e.path())
-                    .unwrap()
-                    .as_os_str()
-                    .as_encoded_bytes(),
-            );
-        }
-        out.push((rel, v));
-    }
-    out
-}
-
-/// A script standing in for the registry binary.
-fn fake_registry(dir: &Path, script: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join("fake-registry");
-    std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
-/// A fake registry whose dry run lists a blob a remaining tag needs (team0/app1's first tag),
-/// so the run is refused after removal and must roll back.
-fn refusing_registry(dir: &Path, root: &Path) -> PathBuf {
-    let tags = repo_path(root, "team0/app1/_manifests/tags");
-    let first = std::fs::read_dir(&tags).unwrap().next().unwrap().unwrap();
-    let live = std::fs::read_to_string(first.path().join("current/link")).unwrap();
-    fake_registry(
-        dir,
-        &format!(
-            "case \"$*\" in *--dry-run*) echo \"blob eligible for deletion: {live}\"; echo '1 blobs marked, 1 blobs and 0 manifests eligible for deletion';; *) echo REAL RUN >&2; exit 1;; esac"
-        ),
-    )
-}
-
 /// Bind mounts made under one directory; unmounted on drop (searched in the mount table).
 struct Mounts {
     under: PathBuf,

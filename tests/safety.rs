@@ -196,15 +196,7 @@ fn planted_links_in_the_state_directory_are_never_written_through() {
 fn refused_cross_check_after_removal_puts_everything_back_and_exits_3() {
     let (t, root) = fixture("sample");
     // The registry's dry run lists a blob a remaining tag needs: team0/app1's manifest.
-    let tags = repo_path(&root, "team0/app1/_manifests/tags");
-    let first = std::fs::read_dir(&tags).unwrap().next().unwrap().unwrap();
-    let live = std::fs::read_to_string(first.path().join("current/link")).unwrap();
-    let fake = fake_registry(
-        t.path(),
-        &format!(
-            "case \"$*\" in *--dry-run*) echo \"blob eligible for deletion: {live}\"; echo '1 blobs marked, 1 blobs and 0 manifests eligible for deletion';; *) echo REAL RUN >&2; exit 1;; esac"
-        ),
-    );
+    let fake = refusing_registry(t.path(), &root);
     let before = full_snapshot(&root);
     let o = run_on(
         &root,
@@ -454,4 +446,24 @@ fn ignore_missing_logs_missing_targets_at_info_not_error() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn planted_symlink_state_directory_is_named_and_never_followed() {
+    let (t, root) = fixture("sample");
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(outside.join("trash/1-1/0.tag")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join(".regclean")).unwrap();
+    let before = full_snapshot(t.path());
+    for (args, want) in [
+        (&["--dry-run", "team1/app0"][..], 3),
+        (&["team1/app0"][..], 3),
+        (&["--check"][..], 1),
+    ] {
+        let o = run_on(&root, args);
+        assert_eq!(code(&o), Some(want), "{args:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(".regclean is a symlink or not a directory"), "{}", text(&o));
+        assert_same(&before, &full_snapshot(t.path()), "nothing followed or changed");
+    }
 }

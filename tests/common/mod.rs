@@ -516,8 +516,8 @@ impl Registry {
 
 // --- safety (issue 10) ---
 
-/// Every entry under `dir` — `.regclean` included, unlike [`snapshot`] — with its mode, link
-/// count and content: "byte-identical" means all of it.
+/// Every entry under `dir` — `.regclean` included, unlike [`snapshot`] — with its mode, owner,
+/// link count and content: "byte-identical" means all of it.
 pub fn full_snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
@@ -530,7 +530,14 @@ pub fn full_snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
             .to_string_lossy()
             .into_owned();
         let m = e.path().symlink_metadata().unwrap();
-        let mut v = format!("mode {:o} nlink {} ", m.mode(), m.nlink()).into_bytes();
+        let mut v = format!(
+            "mode {:o} uid {} gid {} nlink {} ",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.nlink()
+        )
+        .into_bytes();
         if m.is_file() {
             v.extend(std::fs::read(e.path()).unwrap());
         } else if m.file_type().is_symlink() {
@@ -553,4 +560,18 @@ pub fn fake_registry(dir: &Path, script: &str) -> PathBuf {
     std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
+}
+
+/// A fake registry whose dry run lists a blob a remaining tag needs (team0/app1's first tag),
+/// so the run is refused after removal and must roll back.
+pub fn refusing_registry(dir: &Path, root: &Path) -> PathBuf {
+    let tags = repo_path(root, "team0/app1/_manifests/tags");
+    let first = std::fs::read_dir(&tags).unwrap().next().unwrap().unwrap();
+    let live = std::fs::read_to_string(first.path().join("current/link")).unwrap();
+    fake_registry(
+        dir,
+        &format!(
+            "case \"$*\" in *--dry-run*) echo \"blob eligible for deletion: {live}\"; echo '1 blobs marked, 1 blobs and 0 manifests eligible for deletion';; *) echo REAL RUN >&2; exit 1;; esac"
+        ),
+    )
 }
