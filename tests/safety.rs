@@ -463,7 +463,15 @@ fn planted_symlink_state_directory_is_named_and_never_followed() {
         let o = run_on(&root, args);
         assert_eq!(code(&o), Some(want), "{args:?}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(".regclean is a symlink or not a directory"), "{}", text(&o));
-        assert_same(&before, &full_snapshot(t.path()), "nothing followed or changed");
+        assert!(
+            err.contains(".regclean is a symlink or not a directory"),
+            "{}",
+            text(&o)
+        );
+        assert_same(
+            &before,
+            &full_snapshot(t.path()),
+            "nothing followed or changed",
+        );
     }
 }
