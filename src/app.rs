@@ -1,4 +1,5 @@
-//! Runs the pipeline: settings → locations → lock → scan → plan → apply → report.
+//! Runs the pipeline: settings → locations → lock → scan → plan → (refusals) → apply → gc →
+//! commit or roll back → report.
 
 use crate::apply;
 use crate::cli::{self, MissingPolicy, Mode, Output, Settings};
@@ -108,6 +109,7 @@ pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
         scan::Inventory {
             repos,
             oddities: Vec::new(),
+            empty_dirs: Vec::new(),
         }
     };
     let mut findings = check::check_repos(&scoped, &db, &blobs);
@@ -118,6 +120,7 @@ pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
         state.as_ref(),
         SystemTime::now(),
     ));
+    findings.extend(check::bad_blobs(&blobs));
     let verified = match settings.verify {
         cli::Verify::Content => {
             let (bad, v) = check::verify_content(&store.v2, &blobs);
@@ -306,7 +309,14 @@ pub fn run(settings: &Settings) -> Result<Report> {
     for o in &inv.oddities {
         tracing::info!("odd entry {} ({:?}): {}", o.path, o.kind, o.detail);
     }
-    let plan = plan::plan(&inv, &settings.request, SystemTime::now());
+    let mut plan = plan::plan(&inv, &settings.request, SystemTime::now());
+    // A run killed after removal and before pruning recorded its scope in its trash: prune
+    // there too, so the rerun ends in the store the killed run would have left.
+    if let (plan::PruneScope::Repositories(scope), Some(state)) =
+        (&mut plan.prune_scope, open_state(&store.root)?)
+    {
+        scope.extend(trash::leftover_scopes(&state));
+    }
     timer.lap("plan");
 
     // Everything that can refuse does so here, before the first change.
@@ -321,11 +331,16 @@ pub fn run(settings: &Settings) -> Result<Report> {
             inv: &inv,
             plan: &plan,
             serving,
+            config: loc.config.as_ref(),
+            now: SystemTime::now(),
         },
     )?;
     // The last refusal points: what the collector needs (a root it can be given), and where
     // the trash can go (same mount as `repositories/`).
-    let gc_cfg = match (prep.run, dry) {
+    let gc_cfg = match (
+        prep.run && prep.report.collector == collect::Collector::Registry,
+        dry,
+    ) {
         (true, false) => Some(collect::gc_config(
             loc.config
                 .as_ref()
@@ -346,89 +361,29 @@ pub fn run(settings: &Settings) -> Result<Report> {
         }
     }
 
-    let mut errors = Vec::new();
-    let mut deleted = Deleted::default();
-    let mut rolled_back = false;
-    let outcomes = match (&repos_dir, dry) {
-        (Some(r), false) => {
-            let (t, made) = create_trash(&store.root, r)?;
-            crate::progress::phase(format_args!(
-                "removing {} tag(s)/repositories and pruning",
-                plan.removals.len()
-            ));
-            let o = apply::apply(r, &t, &plan.removals, prep.layers);
-            if prep.run {
-                errors.extend(collect::apply_prune(r, &t, &prep.report.pruned));
-                errors.extend(collect::apply_orphan_layers(
-                    r,
-                    &t,
-                    &prep.report.layers_removed,
-                ));
-            }
-            timer.lap("apply");
-            // Nothing unreachable and nothing pruned: the registry's collector would sweep
-            // nothing (its dry run is tested to match the prediction), so spare two walks.
-            if prep.run && prep.report.predicted_blobs == 0 && prep.report.pruned.is_empty() {
-                prep.run = false;
-                prep.report.reason = Some("nothing to collect: no blob became unreachable".into());
-                prep.report.restart_required = false;
-            }
-            if let (true, Some(bin), Some(cfg)) = (prep.run, prep.bin.clone(), &gc_cfg) {
-                let r = collect::collect(
-                    &settings.gc,
-                    &mut prep,
-                    &bin,
-                    cfg,
-                    &loc.root,
-                    &store.v2,
-                    &mut timer,
-                );
-                if let Err(e) = r {
-                    prep.report.status = collect::GcStatus::Failed;
-                    prep.report.reason =
-                        Some("the registry's garbage collector failed; see errors".into());
-                    errors.push(e.to_string());
-                }
-            }
-            if prep.report.status == collect::GcStatus::Refused {
-                // The registry's dry run disagreed after removal: put everything back.
-                let taken = t.taken();
-                let undo = t.undo(r);
-                rolled_back = undo.is_empty();
-                if rolled_back {
-                    remove_made_state(&store.root, made);
-                } else {
-                    prep.report.status = collect::GcStatus::Failed;
-                    errors.push(format!(
-                        "collection was refused after removal; {} of {taken} removed entries were put back, {} could not be (they stay in the trash, removed for the registry):",
-                        taken - undo.len(),
-                        undo.len()
-                    ));
-                    errors.extend(undo);
-                }
-            } else {
-                // Committed: emptied repository directories go, then the trash.
-                let emptied = plan
-                    .removals
-                    .iter()
-                    .filter(|x| matches!(x.what, plan::What::Repository { .. }))
-                    .map(|x| x.repo.as_str())
-                    .chain(prep.report.layers_removed.iter().map(String::as_str));
-                errors.extend(apply::remove_emptied(r, emptied));
-                crate::progress::phase("deleting the trash");
-                deleted.add(t.finish());
-            }
-            timer.lap("delete");
-            o
-        }
-        _ => plan
-            .removals
-            .iter()
-            .map(|r| apply::Outcome {
-                removal: r.clone(),
-                error: None,
-            })
-            .collect(),
+    let changes = match (&repos_dir, dry) {
+        (Some(r), false) => change(
+            settings,
+            &loc,
+            &store,
+            r,
+            &inv,
+            &plan,
+            &mut prep,
+            gc_cfg.as_ref(),
+            &mut timer,
+        )?,
+        _ => Changes {
+            outcomes: plan
+                .removals
+                .iter()
+                .map(|r| apply::Outcome {
+                    removal: r.clone(),
+                    error: None,
+                })
+                .collect(),
+            ..Changes::default()
+        },
     };
     timer.lap("report");
     let mut report = Report {
@@ -436,21 +391,142 @@ pub fn run(settings: &Settings) -> Result<Report> {
         root_source: loc.root_source,
         config: loc.config.as_ref().map(|c| c.path.display().to_string()),
         dry_run: dry,
-        rolled_back,
-        removals: outcomes,
+        rolled_back: changes.rolled_back,
+        removals: changes.outcomes,
         missing: plan.missing,
         unmatched: plan.unmatched,
         kept: plan.kept,
         leftover_trash_runs: leftover,
-        deleted,
+        deleted: changes.deleted,
         oddities: inv.oddities,
         gc: prep.report,
-        errors,
+        errors: changes.errors,
         timings_ms: timer,
         exit_code: 0,
     };
     report.exit_code = report.exit(settings.missing).code();
     Ok(report)
+}
+
+/// What the changing stages did.
+#[derive(Default)]
+struct Changes {
+    outcomes: Vec<apply::Outcome>,
+    errors: Vec<String>,
+    deleted: Deleted,
+    rolled_back: bool,
+}
+
+/// The changing stages, once nothing before them refused: apply (removal, pruning, leftover
+/// `_layers`), gc (the native sweep, or the registry's cross-checked collector), then commit
+/// (emptied directories and the trash go) or, when the registry's dry run refused after
+/// removal, roll back from the trash.
+#[allow(clippy::too_many_arguments)]
+fn change(
+    settings: &Settings,
+    loc: &Location,
+    store: &Store,
+    r: &DirFd,
+    inv: &scan::Inventory,
+    plan: &plan::Plan,
+    prep: &mut collect::Prepared,
+    gc_cfg: Option<&crate::gc::GcConfig>,
+    timer: &mut crate::timing::Timer,
+) -> Result<Changes> {
+    let mut c = Changes::default();
+    let (t, made) = create_trash(&store.root, r)?;
+    if let plan::PruneScope::Repositories(scope) = &plan.prune_scope {
+        t.record_scope(scope)?;
+    }
+
+    // apply
+    crate::progress::phase(format_args!(
+        "removing {} tag(s)/repositories and pruning",
+        plan.removals.len()
+    ));
+    c.outcomes = apply::apply(r, &t, &plan.removals, prep.layers);
+    if prep.run {
+        c.errors
+            .extend(collect::apply_prune(r, &t, &prep.report.pruned));
+        c.errors.extend(collect::apply_orphan_layers(
+            r,
+            &t,
+            &prep.report.layers_removed,
+        ));
+    }
+    timer.lap("apply");
+
+    // gc
+    let store_changed_unexpectedly =
+        c.outcomes.iter().any(|x| x.error.is_some()) || !c.errors.is_empty();
+    if prep.run && prep.report.collector == collect::Collector::Native {
+        c.errors.extend(collect::sweep_native(
+            prep,
+            &store.v2,
+            Some(r),
+            &t,
+            store_changed_unexpectedly,
+        ));
+        timer.lap("sweep");
+    }
+    // Nothing unreachable and nothing pruned: the registry's collector would sweep nothing
+    // (its dry run is tested to match the prediction), so spare two walks.
+    if prep.run
+        && prep.report.collector == collect::Collector::Registry
+        && prep.report.predicted_blobs == 0
+        && prep.report.pruned.is_empty()
+    {
+        prep.run = false;
+        prep.report.reason = Some("nothing to collect: no blob became unreachable".into());
+        prep.report.restart_required = false;
+    }
+    if let (true, Some(bin), Some(cfg)) = (prep.run, prep.bin.clone(), gc_cfg) {
+        if let Err(e) = collect::collect(&settings.gc, prep, &bin, cfg, &loc.root, &store.v2, timer)
+        {
+            prep.report.status = collect::GcStatus::Failed;
+            prep.report.reason = Some("the registry's garbage collector failed; see errors".into());
+            c.errors.push(e.to_string());
+        }
+    }
+
+    // commit, or roll back
+    if prep.report.status == collect::GcStatus::Refused {
+        // The registry's dry run disagreed after removal: put everything back.
+        let taken = t.taken();
+        let undo = t.undo(&store.v2);
+        c.rolled_back = undo.is_empty();
+        if c.rolled_back {
+            remove_made_state(&store.root, made);
+        } else {
+            prep.report.status = collect::GcStatus::Failed;
+            c.errors.push(format!(
+                "collection was refused after removal; {} of {taken} removed entries were put back, {} could not be (they stay in the trash, removed for the registry):",
+                taken - undo.len(),
+                undo.len()
+            ));
+            c.errors.extend(undo);
+        }
+    } else {
+        let emptied = plan
+            .removals
+            .iter()
+            .filter(|x| matches!(x.what, plan::What::Repository { .. }))
+            .map(|x| x.repo.as_str())
+            .chain(prep.report.layers_removed.iter().map(String::as_str))
+            // Left by a removal killed before its commit; not next to a writable registry (a
+            // push may be about to fill a new directory).
+            .chain(
+                inv.empty_dirs
+                    .iter()
+                    .filter(|_| prep.layers == apply::Layers::Remove)
+                    .map(String::as_str),
+            );
+        c.errors.extend(apply::remove_emptied(r, emptied));
+        crate::progress::phase("deleting the trash");
+        c.deleted.add(t.finish());
+    }
+    timer.lap("delete");
+    Ok(c)
 }
 
 /// Opens `<root>/.regclean` if it exists. Anything else there than a directory (a planted

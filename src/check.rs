@@ -47,6 +47,10 @@ pub enum FindingKind {
     MountPoint,
     /// A FIFO, socket or device in the store (never opened; GC is refused).
     SpecialFile,
+    /// A malformed entry of the blob store: a blob directory without `data`, a `data` that
+    /// is a directory or a symlink, a name that is not a digest or in the wrong fan-out
+    /// (never swept; GC is refused).
+    BadBlob,
 }
 
 /// One finding.
@@ -214,6 +218,23 @@ fn check_repo(r: &Repo, db: &Db, blobs: &Blobs) -> Vec<Finding> {
     out.sort();
     out.dedup();
     out
+}
+
+/// Malformed entries of the blob store ([`Blobs::malformed`]): neither collector handles them
+/// as blobs, so collection is refused until they are removed; `--check` names each path.
+pub fn bad_blobs(blobs: &Blobs) -> Vec<Finding> {
+    blobs
+        .malformed
+        .iter()
+        .map(|o| Finding {
+            kind: FindingKind::BadBlob,
+            repo: String::new(),
+            tag: None,
+            digest: None,
+            detail: format!("{}: {}", o.path, o.detail),
+            advice: "remove it once no push is running (a registry writes blobs only as blobs/sha256/<xx>/<hex>/data); collection is refused while it is there".into(),
+        })
+        .collect()
 }
 
 /// Store-level findings: GC hazards, leftover trash, stale uploads.

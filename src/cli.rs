@@ -40,7 +40,8 @@ ENVIRONMENT:
   RUST_LOG                                   log filter (e.g. regclean=debug)
   REGCLEAN_KEEP_LAST, REGCLEAN_OLDER_THAN,   the retention options, for the entrypoint hook
   REGCLEAN_KEEP (one regex; use '|' for more), REGCLEAN_ALL=true,
-  REGCLEAN_KEEP_UNTAGGED=true, REGCLEAN_PRUNE_REFERRERS=true
+  REGCLEAN_KEEP_UNTAGGED=true, REGCLEAN_PRUNE_REFERRERS=true,
+  REGCLEAN_COLLECTOR=native|registry|auto
 
 RETENTION:
   With --keep-last/--older-than, TARGETs select candidate tags (REPO = all its tags,
@@ -150,6 +151,19 @@ pub struct Args {
     #[arg(long)]
     pub gc_while_serving: bool,
 
+    /// Which collector frees the blobs: `native` (regclean deletes exactly the blobs nothing
+    /// references, with the same safety as every removal), `registry` (the registry's own
+    /// garbage-collect, cross-checked), or `auto`: the registry's when its binary is found,
+    /// else native.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHICH",
+        env = "REGCLEAN_COLLECTOR",
+        default_value = "auto"
+    )]
+    pub collector: CollectorArg,
+
     /// The registry binary that runs garbage-collect.
     /// [default: /bin/registry, else registry, else docker-registry on PATH]
     #[arg(long, value_name = "PATH")]
@@ -162,6 +176,17 @@ pub struct Args {
     /// Only errors on stderr.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+}
+
+/// `--collector` as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CollectorArg {
+    /// The registry's collector when its binary is found, else native.
+    Auto,
+    /// regclean's own collector.
+    Native,
+    /// The registry's `garbage-collect`.
+    Registry,
 }
 
 /// Whether to change anything.
@@ -430,6 +455,11 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
                 LivePolicy::Override
             } else {
                 LivePolicy::Guard
+            },
+            collector: match args.collector {
+                CollectorArg::Auto => crate::collect::CollectorChoice::Auto,
+                CollectorArg::Native => crate::collect::CollectorChoice::Native,
+                CollectorArg::Registry => crate::collect::CollectorChoice::Registry,
             },
             registry_bin: args.registry_bin,
         },

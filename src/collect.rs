@@ -68,8 +68,31 @@ pub struct GcSettings {
     pub hazards: HazardPolicy,
     /// Live registry.
     pub live: LivePolicy,
+    /// `--collector`.
+    pub collector: CollectorChoice,
     /// `--registry-bin`.
     pub registry_bin: Option<PathBuf>,
+}
+
+/// `--collector`: which collector frees the blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectorChoice {
+    /// The registry's when its binary is found (as in the image), else native (default).
+    Auto,
+    /// regclean's own.
+    Native,
+    /// The registry's `garbage-collect`.
+    Registry,
+}
+
+/// The collector a run uses (reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Collector {
+    /// regclean's own: every unreferenced blob directory goes by one rename into the trash.
+    Native,
+    /// The registry's `garbage-collect`, cross-checked by its own dry run.
+    Registry,
 }
 
 /// How the gc stage ended.
@@ -123,6 +146,16 @@ pub struct GcReport {
     pub conflicts: Vec<Digest>,
     /// The serving registry must be restarted to drop its blob descriptor cache.
     pub restart_required: bool,
+    /// Which collector runs (or would run).
+    pub collector: Collector,
+    /// `_layers` links of swept blobs (or of blobs already gone) removed by the native
+    /// collector.
+    pub layer_links: usize,
+    /// Uploads older than `storage.maintenance.uploadpurging.age` purged by the native
+    /// collector, and their bytes.
+    pub uploads_purged: usize,
+    /// Bytes of `uploads_purged`.
+    pub uploads_bytes: u64,
     /// Where pruning applied: the whole store, or the repositories the run touched.
     pub prune_scope: PruneScope,
     /// Repositories removed next to a writable registry whose `_layers` were left for the
@@ -152,6 +185,10 @@ impl GcReport {
             hazards: Vec::new(),
             conflicts: Vec::new(),
             restart_required: false,
+            collector: Collector::Native,
+            layer_links: 0,
+            uploads_purged: 0,
+            uploads_bytes: 0,
             prune_scope: PruneScope::Store,
             layers_left: Vec::new(),
             layers_removed: Vec::new(),
@@ -171,6 +208,20 @@ pub struct Prepared {
     pub bin: Option<PathBuf>,
     /// Whether repository removals take `_layers` (not next to a writable registry).
     pub layers: Layers,
+    /// What the native collector takes (empty for the registry's).
+    pub sweep: Sweep,
+}
+
+/// What the native collector takes, all decided before the first change.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Blobs nothing marks, with their sizes (the predicted set).
+    pub blobs: Vec<(Digest, u64)>,
+    /// `_layers` links to remove: per repository, the digests of swept (or absent, unmarked)
+    /// blobs.
+    pub links: Vec<(String, Vec<Digest>)>,
+    /// Uploads to purge: repository, upload directory name, bytes of its data.
+    pub uploads: Vec<(String, std::ffi::OsString, u64)>,
 }
 
 /// What the gc stage decides from.
@@ -187,6 +238,10 @@ pub struct Inputs<'a> {
     pub plan: &'a Plan,
     /// Registries serving this store ([`crate::live::serving`]).
     pub serving: Vec<Serving>,
+    /// The registry's config (upload purging settings).
+    pub config: Option<&'a crate::config::RegistryConfig>,
+    /// Now (upload ages).
+    pub now: std::time::SystemTime,
 }
 
 const DEFER_ADVICE: &str = "pruning and garbage collection are deferred because a writable registry serves this store (collecting now could lose layers of concurrent pushes). To free the disk: restart the container (the entrypoint hook collects before the registry serves), or run `regclean --gc-only` while the registry is stopped or read-only (storage.maintenance.readonly.enabled: true)";
@@ -219,6 +274,8 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
         inv,
         plan,
         serving,
+        config,
+        now,
     } = i;
     let removals = &plan.removals;
     let writable: Vec<&Serving> = serving.iter().filter(|x| !x.readonly).collect();
@@ -249,6 +306,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
             db: None,
             bin: None,
             layers,
+            sweep: Sweep::default(),
         });
     }
     let mut report = GcReport::new(if dry_run {
@@ -289,6 +347,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
                 db: None,
                 bin: None,
                 layers,
+                sweep: Sweep::default(),
             });
         }
     }
@@ -313,7 +372,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
         hazards.extend(hazard::check_revision_links(r, &fin));
     }
     let all: Blobs = blobs::list(v2)?;
-    hazards.extend(hazard::special_blobs(&all));
+    hazards.extend(hazard::blob_store(&all));
     let marks = reach::registry_marks(&fin, &db);
     let predicted = reach::swept(all.sizes.keys().copied(), &marks);
     let reachable = reach::reachable_blobs(&fin, &db, s.referrers);
@@ -334,18 +393,142 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
             return Err(Error::Unsafe(report.reason.clone().unwrap_or_default()));
         }
     }
-    let bin = if dry_run {
-        None
-    } else {
-        Some(crate::gc::find_binary(s.registry_bin.as_deref())?)
-    };
+    let (collector, bin) = choose_collector(s, dry_run)?;
+    report.collector = collector;
+    let mut sweep = Sweep::default();
+    if collector == Collector::Native {
+        sweep.blobs = predicted
+            .iter()
+            .map(|d| (*d, all.sizes.get(d).copied().unwrap_or(0)))
+            .collect();
+        if layers == Layers::Remove {
+            sweep.links = stale_links(&fin, &marks);
+        }
+        if let (Some(r), Some(age)) = (repos_dir, upload_purge_age(config)?) {
+            sweep.uploads = old_uploads(r, &fin, now, age);
+        }
+        report.layer_links = sweep.links.iter().map(|(_, d)| d.len()).sum();
+        report.uploads_purged = sweep.uploads.len();
+        report.uploads_bytes = sweep.uploads.iter().map(|u| u.2).sum();
+    }
     Ok(Prepared {
         run: !dry_run,
         report,
         db: Some(db),
         bin,
         layers,
+        sweep,
     })
+}
+
+/// Resolves `--collector`: `auto` is the registry's when its binary is found, else native.
+/// A named registry collector whose binary is missing is an error now, before any change.
+fn choose_collector(s: &GcSettings, dry_run: bool) -> Result<(Collector, Option<PathBuf>)> {
+    match s.collector {
+        CollectorChoice::Native => Ok((Collector::Native, None)),
+        CollectorChoice::Registry if dry_run => Ok((Collector::Registry, None)),
+        CollectorChoice::Registry => Ok((
+            Collector::Registry,
+            Some(crate::gc::find_binary(s.registry_bin.as_deref())?),
+        )),
+        CollectorChoice::Auto => match crate::gc::find_binary(s.registry_bin.as_deref()) {
+            Ok(b) => Ok((Collector::Registry, (!dry_run).then_some(b))),
+            // An explicitly named binary that is missing is a mistake, not a fallback.
+            Err(e) if s.registry_bin.is_some() => Err(e),
+            Err(_) => Ok((Collector::Native, None)),
+        },
+    }
+}
+
+/// `_layers` links whose blob nothing marks: those of blobs the sweep takes, and those whose
+/// blob is already gone (a killed collection removed the blob last; v3's collector removes
+/// unmarked links too). Per repository, sorted.
+fn stale_links(
+    inv: &Inventory,
+    marks: &std::collections::HashSet<Digest>,
+) -> Vec<(String, Vec<Digest>)> {
+    inv.repos
+        .iter()
+        .filter_map(|r| {
+            let ds: Vec<Digest> = r
+                .layers
+                .iter()
+                .filter(|d| !marks.contains(*d))
+                .copied()
+                .collect();
+            (!ds.is_empty()).then(|| (r.name.clone(), ds))
+        })
+        .collect()
+}
+
+/// `storage.maintenance.uploadpurging`: `None` when disabled, else the age (default 168h, as
+/// the registry's). An unparsable age is invalid input (exit 2), found before any change.
+pub fn upload_purge_age(
+    config: Option<&crate::config::RegistryConfig>,
+) -> Result<Option<std::time::Duration>> {
+    const DEFAULT: std::time::Duration = std::time::Duration::from_secs(168 * 3600);
+    let Some(c) = config else {
+        return Ok(Some(DEFAULT));
+    };
+    let Some(p) = crate::config::get(&c.yaml, &["storage", "maintenance", "uploadpurging"]) else {
+        return Ok(Some(DEFAULT));
+    };
+    if crate::config::get(p, &["enabled"]).and_then(|e| e.as_bool()) == Some(false) {
+        return Ok(None);
+    }
+    match crate::config::get(p, &["age"]) {
+        None => Ok(Some(DEFAULT)),
+        Some(serde_yaml_ng::Value::String(a)) => humantime::parse_duration(a)
+            .map(Some)
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "registry config {}: storage.maintenance.uploadpurging.age '{a}': {e}",
+                    c.path.display()
+                ))
+            }),
+        Some(other) => Err(Error::Usage(format!(
+            "registry config {}: storage.maintenance.uploadpurging.age must be a duration such as 168h, not {other:?}",
+            c.path.display()
+        ))),
+    }
+}
+
+/// Uploads whose `startedat` (RFC 3339, written by the registry) is more than `age` before
+/// `now`, with the bytes of their `data`. An upload without a readable `startedat` is left,
+/// as the registry's own purge leaves it.
+fn old_uploads(
+    repos: &DirFd,
+    inv: &Inventory,
+    now: std::time::SystemTime,
+    age: std::time::Duration,
+) -> Vec<(String, std::ffi::OsString, u64)> {
+    use rayon::prelude::*;
+    inv.repos
+        .par_iter()
+        .filter(|r| r.has_uploads && r.uploads > 0)
+        .flat_map_iter(|r| {
+            let mut out = Vec::new();
+            let Ok(mut up) = open_repo(repos, &r.name).and_then(|d| d.sub("_uploads")) else {
+                return out;
+            };
+            for e in up.entries().unwrap_or_default() {
+                if e.kind != crate::fsx::Kind::Dir {
+                    continue;
+                }
+                let Ok(u) = up.sub(&e.name) else { continue };
+                let started = u
+                    .read_small("startedat", 64)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|t| humantime::parse_rfc3339_weak(t.trim()).ok());
+                if started.is_some_and(|t| t + age < now) {
+                    let bytes = u.stat("data").map(|st| st.st_size as u64).unwrap_or(0);
+                    out.push((r.name.clone(), e.name.clone(), bytes));
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// Repositories whose `_layers` is all that is left (no `_manifests`, no `_uploads`): left by
@@ -435,6 +618,106 @@ pub fn apply_prune(repos_dir: &DirFd, trash: &Trash, prune: &[Prune]) -> Vec<Str
             errors.push(e.to_string());
         }
     }
+    errors
+}
+
+/// The native collector: takes what [`prepare`] decided — the `_layers` links of unmarked
+/// blobs, old uploads, then the unmarked blob directories — each by one `rename` into the
+/// trash (a killed run never leaves half a blob visible; the next run, predicting again from
+/// the store as it is, takes what is left, so it ends in the same store). Links go before
+/// their blobs: a killed run may leave a blob without links (swept next time), never a link
+/// to a blob it deleted. No walk of the store: the prediction's inventory says where
+/// everything is. `store_changed_unexpectedly` (a removal or pruning failed) means the store
+/// is not what was predicted: nothing is swept.
+pub fn sweep_native(
+    prep: &mut Prepared,
+    v2: &DirFd,
+    repos: Option<&DirFd>,
+    trash: &Trash,
+    store_changed_unexpectedly: bool,
+) -> Vec<String> {
+    use rayon::prelude::*;
+    if store_changed_unexpectedly {
+        prep.report.status = GcStatus::Failed;
+        prep.report.reason = Some(
+            "a removal or pruning failed, so the store is not what collection was predicted on: nothing was collected; fix the errors and run again".into(),
+        );
+        return Vec::new();
+    }
+    // Past the last refusal point: nothing this run took is put back any more.
+    trash.commit();
+    let sweep = std::mem::take(&mut prep.sweep);
+    let mut errors = Vec::new();
+    if let Some(repos) = repos {
+        crate::progress::phase("removing layer links of unreferenced blobs");
+        for (repo, digests) in &sweep.links {
+            match open_repo(repos, repo).and_then(|r| r.sub("_layers")?.sub("sha256")) {
+                Ok(dir) => {
+                    for d in digests {
+                        if let Err(e) = trash.take(&dir, d.hex(), "link") {
+                            errors.push(e.to_string());
+                        }
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        for (repo, upload, _) in &sweep.uploads {
+            let r = open_repo(repos, repo)
+                .and_then(|r| r.sub("_uploads"))
+                .and_then(|u| trash.take(&u, upload, "uploads"));
+            if let Err(e) = r {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    crate::progress::phase(format_args!(
+        "collecting {} unreferenced blob(s)",
+        sweep.blobs.len()
+    ));
+    // One fan-out directory per task: its handle is opened once, its renames go in a row.
+    let mut by_fan: std::collections::BTreeMap<String, Vec<(Digest, u64)>> = Default::default();
+    for (d, size) in sweep.blobs {
+        by_fan
+            .entry(d.hex()[..2].to_string())
+            .or_default()
+            .push((d, size));
+    }
+    let sha = v2.sub("blobs").and_then(|b| b.sub("sha256"));
+    let results: Vec<(usize, u64, Vec<String>)> = match &sha {
+        Err(e) => vec![(0, 0, vec![e.to_string()])],
+        Ok(sha) => by_fan
+            .into_par_iter()
+            .map(|(fan, blobs)| {
+                let mut freed = (0, 0, Vec::new());
+                let dir = match sha.sub(&fan) {
+                    Ok(d) => d,
+                    Err(e) => return (0, 0, vec![e.to_string()]),
+                };
+                for (d, size) in blobs {
+                    match trash.take(&dir, d.hex(), "blob") {
+                        Ok(()) => {
+                            freed.0 += 1;
+                            freed.1 += size;
+                        }
+                        Err(e) => freed.2.push(e.to_string()),
+                    }
+                }
+                freed
+            })
+            .collect(),
+    };
+    for (n, bytes, errs) in results {
+        prep.report.freed_blobs += n;
+        prep.report.freed_bytes += bytes;
+        errors.extend(errs);
+    }
+    prep.report.prediction_exact = prep.report.freed_blobs == prep.report.predicted_blobs;
+    prep.report.status = if errors.is_empty() {
+        GcStatus::Done
+    } else {
+        GcStatus::Failed
+    };
     errors
 }
 

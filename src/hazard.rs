@@ -38,6 +38,9 @@ pub enum HazardKind {
     MountPoint,
     /// A FIFO, socket or device in the store: the registry's GC blocks reading a FIFO.
     SpecialFile,
+    /// A blob directory that is not a well-formed blob: no `data`, a `data` that is a
+    /// directory or a symlink, a name that is not a digest. Never swept blindly.
+    BadBlob,
 }
 
 /// One hazard.
@@ -136,6 +139,18 @@ pub fn check_revision_links(repos_dir: &DirFd, inv: &Inventory) -> Vec<Hazard> {
             out
         })
         .collect()
+}
+
+/// Hazards of the blob store: special files ([`special_blobs`]) and malformed blob
+/// directories ([`crate::blobs::Blobs::malformed`]).
+pub fn blob_store(blobs: &crate::blobs::Blobs) -> Vec<Hazard> {
+    let mut out = special_blobs(blobs);
+    out.extend(blobs.malformed.iter().map(|o| Hazard {
+        kind: HazardKind::BadBlob,
+        at: o.path.clone(),
+        detail: o.detail.clone(),
+    }));
+    out
 }
 
 /// Blobs whose `data` is a FIFO, socket or device (see [`crate::blobs::Blobs::special`]):

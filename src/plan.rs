@@ -373,6 +373,7 @@ mod tests {
         Inventory {
             repos,
             oddities: vec![],
+            empty_dirs: vec![],
         }
     }
 

@@ -53,6 +53,7 @@ pub fn after_removals(inv: &Inventory, removals: &[Removal]) -> Inventory {
     Inventory {
         repos,
         oddities: inv.oddities.clone(),
+        empty_dirs: inv.empty_dirs.clone(),
     }
 }
 
@@ -273,6 +274,7 @@ mod tests {
     #[test]
     fn index_children_are_kept_and_untagged_history_pruned() {
         let inv = Inventory {
+            empty_dirs: Vec::new(),
             repos: vec![repo(
                 "multi",
                 vec![tag("v1", 10, &[13, 10])],
@@ -289,6 +291,7 @@ mod tests {
     #[test]
     fn nested_indexes_are_followed() {
         let inv = Inventory {
+            empty_dirs: Vec::new(),
             repos: vec![repo("n", vec![tag("v1", 20, &[])], &[20, 21, 22])],
             oddities: vec![],
         };
@@ -300,6 +303,7 @@ mod tests {
     #[test]
     fn referrers_of_kept_manifests_are_kept_transitively_unless_asked() {
         let inv = Inventory {
+            empty_dirs: Vec::new(),
             repos: vec![repo(
                 "s",
                 vec![tag("v1", 10, &[])],
@@ -320,6 +324,7 @@ mod tests {
     #[test]
     fn a_child_that_is_also_tagged_stays_when_its_index_tag_goes() {
         let inv = Inventory {
+            empty_dirs: Vec::new(),
             repos: vec![repo(
                 "m",
                 vec![tag("v1", 10, &[]), tag("amd64", 11, &[])],
@@ -350,6 +355,7 @@ mod tests {
     #[test]
     fn shared_manifest_stays_while_any_tag_keeps_it() {
         let inv = Inventory {
+            empty_dirs: Vec::new(),
             repos: vec![repo(
                 "a",
                 vec![tag("old", 11, &[]), tag("keep", 11, &[])],
@@ -374,6 +380,7 @@ mod tests {
         let mut hidden = repo("hidden", vec![tag("v1", 12, &[])], &[12]);
         hidden.has_layers = false;
         let inv = Inventory {
+            empty_dirs: Vec::new(),
             repos: vec![hidden, repo("x", vec![], &[30, 13])],
             oddities: vec![],
         };
@@ -392,6 +399,7 @@ mod tests {
     #[test]
     fn removed_repositories_keep_nothing_but_other_repositories_still_mark_shared_layers() {
         let inv = Inventory {
+            empty_dirs: Vec::new(),
             repos: vec![
                 repo("a", vec![tag("v1", 11, &[])], &[11]),
                 repo("b", vec![tag("v1", 12, &[])], &[12]),

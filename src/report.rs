@@ -216,11 +216,39 @@ impl Report {
             GcStatus::DryRun => {
                 let _ = writeln!(
                     s,
-                    "GC (dry run): {manifests} untagged manifest(s) {prune} in {} repositor{}; would free {} blob(s), {}.",
+                    "GC (dry run, {} collector): {manifests} untagged manifest(s) {prune} in {} repositor{}; would free {} blob(s), {}.",
+                    match g.collector {
+                        crate::collect::Collector::Native => "native",
+                        crate::collect::Collector::Registry => "registry's",
+                    },
                     g.pruned.len(),
                     if g.pruned.len() == 1 { "y" } else { "ies" },
                     g.predicted_blobs,
                     human_bytes(g.predicted_bytes)
+                );
+                if g.collector == crate::collect::Collector::Native
+                    && (g.layer_links > 0 || g.uploads_purged > 0)
+                {
+                    let _ = writeln!(
+                        s,
+                        "  and remove {} layer link(s) and {} old upload(s), {}.",
+                        g.layer_links,
+                        g.uploads_purged,
+                        human_bytes(g.uploads_bytes)
+                    );
+                }
+            }
+            GcStatus::Done if g.collector == crate::collect::Collector::Native => {
+                let _ = writeln!(
+                    s,
+                    "GC (native collector): {manifests} untagged manifest(s) pruned; freed {} blob(s), {} (predicted {}, {}); {} layer link(s) removed; {} old upload(s) purged, {}.",
+                    g.freed_blobs,
+                    human_bytes(g.freed_bytes),
+                    g.predicted_blobs,
+                    human_bytes(g.predicted_bytes),
+                    g.layer_links,
+                    g.uploads_purged,
+                    human_bytes(g.uploads_bytes)
                 );
             }
             GcStatus::Done if g.registry_summary.is_none() => {

@@ -29,6 +29,11 @@ pub struct Inventory {
     pub repos: Vec<Repo>,
     /// Everything that is not part of a well-formed store, sorted by path.
     pub oddities: Vec<Oddity>,
+    /// Empty directories under `repositories/` (relative to it), sorted: what a removal
+    /// killed before its commit leaves of a repository (its `_manifests`, `_layers` and
+    /// `_uploads` went to the trash, the emptied directory is removed only at commit). The
+    /// rerun removes them, so that it ends in the same store as an uninterrupted run.
+    pub empty_dirs: Vec<String>,
 }
 
 /// One repository.
@@ -132,6 +137,7 @@ pub struct Oddity {
 struct Sink {
     repos: Mutex<Vec<Repo>>,
     odd: Mutex<Vec<Oddity>>,
+    empty: Mutex<Vec<String>>,
 }
 
 impl Sink {
@@ -162,7 +168,13 @@ pub fn scan(v2: &DirFd) -> Result<Inventory> {
     repos.sort_by(|a, b| a.name.cmp(&b.name));
     let mut oddities = sink.odd.into_inner().unwrap();
     oddities.sort();
-    Ok(Inventory { repos, oddities })
+    let mut empty_dirs = sink.empty.into_inner().unwrap();
+    empty_dirs.sort();
+    Ok(Inventory {
+        repos,
+        oddities,
+        empty_dirs,
+    })
 }
 
 /// Reports the mount points below `v2`; an unreadable mount table is itself an oddity (mount
@@ -217,6 +229,9 @@ fn walk<'s>(s: &rayon::Scope<'s>, mut dir: DirFd, name: String, sink: &'s Sink) 
         ..Repo::default()
     };
     let mut is_repo = false;
+    if entries.is_empty() && !name.is_empty() {
+        sink.empty.lock().unwrap().push(name.clone());
+    }
     for ent in entries {
         let Some(n) = ent.name_str().map(str::to_owned) else {
             sink.odd(
