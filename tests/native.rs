@@ -400,13 +400,22 @@ fn days_ago(d: u64) -> SystemTime {
     SystemTime::now() - Duration::from_secs(d * 86_400)
 }
 
-/// Entries in regclean's trash (every `take` is one entry until the trash is deleted).
+/// Entries in regclean's trash (every `take` is one entry in one of the run's shard
+/// directories `sNN` until the trash is deleted; other files of a run count as one each).
 fn trash_entries(root: &Path) -> usize {
     let Ok(runs) = std::fs::read_dir(root.join(".regclean/trash")) else {
         return 0;
     };
+    let is_shard = |name: &str| {
+        name.len() == 3 && name.starts_with('s') && name[1..].bytes().all(|b| b.is_ascii_digit())
+    };
     runs.filter_map(|r| std::fs::read_dir(r.ok()?.path()).ok())
-        .map(|r| r.count())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| match e.file_name().to_str() {
+            Some(name) if is_shard(name) => std::fs::read_dir(e.path()).map_or(0, |d| d.count()),
+            _ => 1,
+        })
         .sum()
 }
 
