@@ -310,6 +310,9 @@ pub fn run(settings: &Settings) -> Result<Report> {
         tracing::info!("odd entry {} ({:?}): {}", o.path, o.kind, o.detail);
     }
     let mut plan = plan::plan(&inv, &settings.request, SystemTime::now());
+    if let Some(why) = &plan.over_limit {
+        return Err(Error::Unsafe(why.clone()));
+    }
     // A run killed after removal and before pruning recorded its scope in its trash: prune
     // there too, so the rerun ends in the store the killed run would have left.
     if let (plan::PruneScope::Repositories(scope), Some(state)) =

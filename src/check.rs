@@ -51,6 +51,10 @@ pub enum FindingKind {
     /// is a directory or a symlink, a name that is not a digest or in the wrong fan-out
     /// (never swept; GC is refused).
     BadBlob,
+    /// An attachment tag (`sha256-<digest>.sig`, `.att`, `.sbom`, or a referrers fallback
+    /// tag) whose subject is not in the repository: it signs nothing here, and pruning
+    /// removes it.
+    OrphanAttachment,
 }
 
 /// One finding.
@@ -115,6 +119,19 @@ fn check_repo(r: &Repo, db: &Db, blobs: &Blobs) -> Vec<Finding> {
     use FindingKind::*;
     let mut out = Vec::new();
     let mut seen: BTreeSet<(Digest, Option<Digest>)> = BTreeSet::new();
+    let roles = crate::attach::roles(r, crate::attach::Attachments::Follow);
+    for (t, role) in r.tags.iter().zip(roles) {
+        if let crate::attach::Role::Orphan(subject) = role {
+            out.push(finding(
+                OrphanAttachment,
+                r,
+                Some(&t.name),
+                Some(subject),
+                format!("an attachment of {subject}, which is not a manifest of {}", r.name),
+                "a run that prunes this repository removes it (regclean REPO:TAG removes it now; --keep-attachments keeps such tags)",
+            ));
+        }
+    }
     for t in &r.tags {
         let d = match t.current {
             Link::Ok(d) => d,

@@ -1,12 +1,14 @@
 //! The command line in two stages, as ripgrep does: [`Args`] is what the user typed (clap
 //! derive), [`Settings`] is what the pipeline receives — validated, with modes as enums.
 
+use crate::attach::Attachments;
 use crate::collect::{GcRequest, GcSettings, HazardPolicy, LivePolicy, Pruning};
 use crate::exit::Exit;
 use crate::lock::WaitMode;
 use crate::plan::{Request, Scope};
+use crate::policy::Policies;
 use crate::reach::Referrers;
-use crate::retention::Retention;
+use crate::retention::{Order, Rule};
 use crate::target::Target;
 use clap::Parser;
 use std::ffi::OsString;
@@ -106,6 +108,18 @@ pub struct Args {
     /// anchor it: '^v[0-9]'); they do not count toward --keep-last.
     #[arg(long, value_name = "REGEX", env = "REGCLEAN_KEEP")]
     pub keep: Vec<String>,
+
+    /// Retention from a policy file (YAML; see README "Policy file"): scoped keep rules,
+    /// protected tags and limits. Without TARGETs it covers every repository a policy
+    /// matches; with TARGETs, only their tags. Replaces --keep-last/--older-than/--keep.
+    #[arg(long, value_name = "FILE", env = "REGCLEAN_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Attachments (cosign's sha256-<digest>.sig/.att/.sbom tags, OCI referrers fallback
+    /// tags sha256-<digest>) are plain tags: they count toward retention and stay until
+    /// removed. By default they never count, stay with their subject and go with it.
+    #[arg(long, env = "REGCLEAN_KEEP_ATTACHMENTS")]
+    pub keep_attachments: bool,
 
     /// Retention scope: every repository (instead of TARGETs).
     #[arg(long, env = "REGCLEAN_ALL")]
@@ -285,9 +299,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Settings, Exit>
     })
 }
 
-/// The retention policy, if any option asks for one; problems go to `errors`.
-fn retention_of(args: &Args, errors: &mut Vec<String>) -> Option<Retention> {
-    if args.keep_last.is_none() && args.older_than.is_none() {
+/// The retention policies, if an option asks for them; problems go to `errors`.
+fn retention_of(args: &Args, errors: &mut Vec<String>) -> Option<Policies> {
+    let flags = args.keep_last.is_some() || args.older_than.is_some();
+    if let Some(path) = &args.policy {
+        if flags || !args.keep.is_empty() {
+            errors.push("--policy replaces --keep-last, --older-than and --keep (or their REGCLEAN_* variables): put those rules in the policy file".into());
+        }
+        return match Policies::load(path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+    }
+    if !flags {
         if !args.keep.is_empty() {
             errors.push(
                 "--keep only protects tags from --keep-last and --older-than; add one of them"
@@ -296,43 +323,36 @@ fn retention_of(args: &Args, errors: &mut Vec<String>) -> Option<Retention> {
         }
         return None;
     }
-    if args.keep_last == Some(0) {
-        errors.push(
+    let mut keep = Vec::new();
+    match args.keep_last {
+        Some(0) => errors.push(
             "--keep-last 0 would keep nothing: to remove every tag of a repository, name 'REPO:*'"
                 .into(),
-        );
+        ),
+        Some(n) => keep.push(Rule::Last {
+            n,
+            order: Order::Pushed,
+        }),
+        None => {}
     }
-    let older_than = args
-        .older_than
-        .as_deref()
-        .and_then(|d| match humantime::parse_duration(d) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                errors.push(format!(
-                    "invalid --older-than '{d}': {e} (examples: 90d, 12h, 2w)"
-                ));
-                None
-            }
-        });
-    let keep = args
-        .keep
-        .iter()
-        .filter_map(|k| match regex::Regex::new(k) {
-            Ok(re) => Some(re),
-            Err(e) => {
-                errors.push(format!(
-                    "invalid --keep regex '{k}': {}",
-                    e.to_string().lines().last().unwrap_or("")
-                ));
-                None
-            }
-        })
-        .collect();
-    Some(Retention {
-        keep_last: args.keep_last,
-        older_than,
-        keep,
-    })
+    if let Some(d) = &args.older_than {
+        match humantime::parse_duration(d) {
+            Ok(x) => keep.push(Rule::PushedWithin(x)),
+            Err(e) => errors.push(format!(
+                "invalid --older-than '{d}': {e} (examples: 90d, 12h, 2w)"
+            )),
+        }
+    }
+    for k in &args.keep {
+        match regex::Regex::new(k) {
+            Ok(re) => keep.push(Rule::Tags(re)),
+            Err(e) => errors.push(format!(
+                "invalid --keep regex '{k}': {}",
+                e.to_string().lines().last().unwrap_or("")
+            )),
+        }
+    }
+    Some(Policies::from_flags(keep))
 }
 
 /// Turns typed arguments into settings; every problem is one line.
@@ -346,7 +366,7 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
         }
     }
     let retention = retention_of(&args, &mut errors);
-    let selects = !args.targets.is_empty() || args.all;
+    let selects = !args.targets.is_empty() || args.all || args.policy.is_some();
     if args.check {
         let gc_flags = args.gc_only
             || args.no_gc
@@ -354,7 +374,7 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             || args.prune_referrers
             || args.gc_while_serving
             || args.allow_hazards;
-        if retention.is_some() || args.all || args.dry_run || gc_flags {
+        if retention.is_some() || args.all || args.dry_run || gc_flags || args.policy.is_some() {
             errors.push("--check is read-only: it takes TARGETs (or none, for the whole store) and --verify-content, not removal, retention or GC options".into());
         }
     } else if !selects && !args.gc_only {
@@ -369,7 +389,7 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             "--gc-only removes nothing: drop the TARGETs/--all/retention, or drop --gc-only".into(),
         );
     }
-    if args.all && retention.is_none() {
+    if args.all && retention.is_none() && args.policy.is_none() {
         errors.push("--all needs --keep-last or --older-than (to remove every tag of a repository, name 'REPO:*')".into());
     }
     if args.all && !args.targets.is_empty() {
@@ -383,8 +403,17 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
     Ok(Settings {
         request: Request {
             targets,
+            scope: if args.all || (args.policy.is_some() && args.targets.is_empty()) {
+                Scope::All
+            } else {
+                Scope::Targets
+            },
             retention,
-            scope: if args.all { Scope::All } else { Scope::Targets },
+            attachments: if args.keep_attachments {
+                Attachments::Plain
+            } else {
+                Attachments::Follow
+            },
         },
         mode: match (args.check, args.dry_run) {
             (true, _) => Mode::Check,

@@ -357,10 +357,18 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
     let mut after = reach::after_removals(inv, removals);
     hazard::without_removed(&mut after, removals);
     report.pruned = match s.pruning {
-        Pruning::Untagged => reach::prune_plan(&after, &db, s.referrers)
-            .into_iter()
-            .filter(|p| plan.prune_scope.contains(&p.repo))
-            .collect(),
+        Pruning::Untagged => reach::prune_plan(
+            &after,
+            &db,
+            reach::Rules {
+                referrers: s.referrers,
+                attachments: plan.attachments,
+                protected: &plan.protected,
+            },
+        )
+        .into_iter()
+        .filter(|p| plan.prune_scope.contains(&p.repo))
+        .collect(),
         Pruning::Keep => Vec::new(),
     };
     if layers == Layers::Remove {
@@ -594,6 +602,16 @@ pub fn apply_prune(repos_dir: &DirFd, trash: &Trash, prune: &[Prune]) -> Vec<Str
         let r = (|| -> Result<()> {
             let repo = open_repo(repos_dir, &p.repo)?;
             let manifests = repo.sub("_manifests")?;
+            // Attachment tags first: a killed run leaves their manifests untagged, and the
+            // rerun (in the recorded scope) prunes them.
+            if !p.attachments.is_empty() {
+                let tags = manifests.sub("tags")?;
+                for tag in &p.attachments {
+                    if let Err(e) = trash.take(&tags, tag, "attachment") {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
             // History first: an interrupted run leaves at worst an unpruned revision, never a
             // tag history entry naming a pruned one... either state is valid for the registry.
             if !p.history.is_empty() {

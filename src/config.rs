@@ -55,20 +55,39 @@ pub struct Location {
     pub config: Option<RegistryConfig>,
 }
 
-/// Reads and parses a registry config file. Anything the registry could not read as its
-/// config is invalid input (exit 2): not a regular file (a FIFO is opened without blocking
-/// and refused, never waited on), not UTF-8, not YAML.
-pub fn read_config(path: &Path) -> Result<RegistryConfig> {
+/// Why [`read_text_file`] failed.
+#[derive(Debug)]
+pub enum TextFileError {
+    /// Opening or reading failed.
+    Io(std::io::Error),
+    /// A directory, FIFO, socket or device (other than `/dev/null`).
+    NotRegular,
+    /// Invalid UTF-8 at this byte.
+    NotUtf8(usize),
+}
+
+impl std::fmt::Display for TextFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TextFileError::Io(e) => write!(f, "{e}"),
+            TextFileError::NotRegular => f.write_str("not a regular file"),
+            TextFileError::NotUtf8(at) => write!(f, "not UTF-8 text (byte {at})"),
+        }
+    }
+}
+
+/// Reads a small text file given by the user (a config, a policy) without ever waiting on
+/// it: opened with `O_NONBLOCK` (a FIFO is refused, never read), it must be a regular file
+/// (or `/dev/null`: "no config") and UTF-8.
+pub fn read_text_file(path: &Path) -> std::result::Result<String, TextFileError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| Error::io("reading registry config", path, e))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| Error::io("reading registry config", path, e))?;
+        .map_err(TextFileError::Io)?;
+    let meta = f.metadata().map_err(TextFileError::Io)?;
     // `--config /dev/null` ("no config") is common; any other device, FIFO or socket could
     // block or never end.
     let null_device = {
@@ -76,20 +95,20 @@ pub fn read_config(path: &Path) -> Result<RegistryConfig> {
         meta.file_type().is_char_device() && meta.rdev() == nix::sys::stat::makedev(1, 3)
     };
     if !meta.is_file() && !null_device {
-        return Err(Error::Usage(format!(
-            "registry config {}: not a regular file",
-            path.display()
-        )));
+        return Err(TextFileError::NotRegular);
     }
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|e| Error::io("reading registry config", path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Error::Usage(format!(
-            "registry config {}: not UTF-8 text (byte {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
+    f.read_to_end(&mut bytes).map_err(TextFileError::Io)?;
+    String::from_utf8(bytes).map_err(|e| TextFileError::NotUtf8(e.utf8_error().valid_up_to()))
+}
+
+/// Reads and parses a registry config file. Anything the registry could not read as its
+/// config is invalid input (exit 2): not a regular file (a FIFO is opened without blocking
+/// and refused, never waited on), not UTF-8, not YAML.
+pub fn read_config(path: &Path) -> Result<RegistryConfig> {
+    let text = read_text_file(path).map_err(|e| match e {
+        TextFileError::Io(e) => Error::io("reading registry config", path, e),
+        e => Error::Usage(format!("registry config {}: {e}", path.display())),
     })?;
     let mut yaml: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
         Error::Usage(format!(

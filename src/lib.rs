@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod apply;
+pub mod attach;
 pub mod blobs;
 pub mod check;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod lock;
 pub mod manifest;
 pub mod names;
 pub mod plan;
+pub mod policy;
 pub mod progress;
 pub mod reach;
 pub mod report;

@@ -1,8 +1,10 @@
 //! The plan: a pure function of the inventory, the request and `now`. All policy lives here so
 //! that it is tested without a file system.
 
+use crate::attach::{self, Attachments};
 use crate::digest::Digest;
-use crate::retention::{self, Kept, Retention};
+use crate::policy::{Policies, Source, Untagged};
+use crate::retention::{self, Kept};
 use crate::scan::Tag;
 use crate::scan::{Inventory, Repo};
 use crate::target::Target;
@@ -25,12 +27,14 @@ pub enum Scope {
 pub struct Request {
     /// The TARGET arguments, already validated.
     pub targets: Vec<Target>,
-    /// With a retention policy: the targets select the candidate tags (`REPO` = all its tags,
-    /// `REPO:PATTERN` = the matching ones), and the policy picks which of them go. Without
-    /// one, every target is removed as named.
-    pub retention: Option<Retention>,
+    /// With retention policies: the targets select the candidate tags (`REPO` = all its tags,
+    /// `REPO:PATTERN` = the matching ones), and the policy that applies to each repository
+    /// picks which of them go. Without, every target is removed as named.
+    pub retention: Option<Policies>,
     /// Targets or everything.
     pub scope: Scope,
+    /// Attachment tags follow their subject, or are plain tags (`--keep-attachments`).
+    pub attachments: Attachments,
 }
 
 /// A tag a retention policy keeps.
@@ -40,9 +44,22 @@ pub struct KeptTag {
     pub repo: String,
     /// The tag.
     pub tag: String,
+    /// The number (from 1) of the policy file's policy that kept it; absent for the command
+    /// line's retention flags and for `protect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<usize>,
     /// Why it stays.
     #[serde(flatten)]
     pub why: Kept,
+}
+
+impl std::fmt::Display for KeptTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.policy {
+            Some(n) => write!(f, "policy {n}: {}", self.why),
+            None => write!(f, "{}", self.why),
+        }
+    }
 }
 
 /// What one removal takes away.
@@ -98,6 +115,15 @@ pub struct Plan {
     pub kept: Vec<KeptTag>,
     /// Where untagged manifests may be pruned.
     pub prune_scope: PruneScope,
+    /// Set when the policy file's `limits` refuse the run (exit 3, before any change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over_limit: Option<String>,
+    /// How pruning treats attachment tags (from the request).
+    #[serde(skip)]
+    pub attachments: Attachments,
+    /// Tags the policy file's `protect` keeps from everything, pruning included.
+    #[serde(skip)]
+    pub protected: BTreeSet<(String, String)>,
 }
 
 /// The repositories a run's pruning may touch.
@@ -205,9 +231,14 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
         }
     }
     let store_wide = req.scope == Scope::All || req.targets.is_empty();
-    if let Some(ret) = &req.retention {
-        retain(inv, req.scope, ret, &chosen, now, &mut out);
-        out.prune_scope = prune_scope(store_wide, touched, &out.removals);
+    out.attachments = req.attachments;
+    if let Some(pol) = &req.retention {
+        let prune_repos = retain(inv, req, pol, &chosen, now, &mut out);
+        out.prune_scope = match pol.source {
+            Source::Flags => prune_scope(store_wide, touched, &out.removals),
+            // Repositories no policy matches are untouched, pruning included.
+            Source::File => PruneScope::Repositories(prune_repos),
+        };
         return out;
     }
     for ((repo_name, tag), reason) in &chosen {
@@ -257,18 +288,21 @@ fn prune_scope(store_wide: bool, mut named: BTreeSet<String>, removals: &[Remova
     PruneScope::Repositories(named)
 }
 
-/// Applies a retention policy to the tags `chosen` selects (or to every tag with `--all`).
+/// Applies the retention policies to the tags `chosen` selects (or to every tag with
+/// `--all`): per repository, the first policy that matches it, if any. Protected tags and
+/// attachments are set apart first (never counted). Returns the repositories whose policy
+/// prunes untagged manifests; sets `out.over_limit` when the policy file's limits refuse.
 fn retain(
     inv: &Inventory,
-    scope: Scope,
-    ret: &Retention,
+    req: &Request,
+    pol: &Policies,
     chosen: &BTreeMap<(String, Option<String>), String>,
     now: SystemTime,
     out: &mut Plan,
-) {
+) -> BTreeSet<String> {
     // repo -> None (all its tags) or the selected tag names.
     let mut sel: BTreeMap<&str, Option<BTreeSet<&str>>> = BTreeMap::new();
-    match scope {
+    match req.scope {
         Scope::All => sel.extend(inv.repos.iter().map(|r| (r.name.as_str(), None))),
         Scope::Targets => {
             for (repo, tag) in chosen.keys() {
@@ -285,17 +319,69 @@ fn retain(
             }
         }
     }
+    // What `protect` covers is safe from pruning too, wherever it is.
+    if !pol.protect.is_empty() {
+        for r in &inv.repos {
+            for t in &r.tags {
+                if pol.protector(&r.name, &t.name).is_some() {
+                    out.protected.insert((r.name.clone(), t.name.clone()));
+                }
+            }
+        }
+    }
+    let file = pol.source == Source::File;
+    let mut prune_repos = BTreeSet::new();
+    let mut in_scope = 0usize;
     for (name, tags) in sel {
         let repo = &inv.repos[inv
             .repos
             .binary_search_by(|r| r.name.as_str().cmp(name))
             .expect("from inventory")];
-        let cands: Vec<&Tag> = repo
-            .tags
-            .iter()
-            .filter(|t| tags.as_ref().is_none_or(|s| s.contains(t.name.as_str())))
-            .collect();
-        let (remove, kept) = retention::decide(&cands, ret, now);
+        let Some((number, policy)) = pol.for_repo(name) else {
+            continue; // no policy matches: untouched
+        };
+        if policy.untagged == Untagged::Delete {
+            prune_repos.insert(name.to_string());
+        }
+        let number = file.then_some(number);
+        let keep = |t: &Tag, why: Kept, policy: Option<usize>| KeptTag {
+            repo: repo.name.clone(),
+            tag: t.name.clone(),
+            policy,
+            why,
+        };
+        let roles = attach::roles(repo, req.attachments);
+        let mut cands: Vec<&Tag> = Vec::new();
+        for (t, role) in repo.tags.iter().zip(roles) {
+            if !tags.as_ref().is_none_or(|s| s.contains(t.name.as_str())) {
+                continue;
+            }
+            if let Some(p) = pol.protector(&repo.name, &t.name) {
+                out.kept.push(keep(
+                    t,
+                    Kept::Protected {
+                        pattern: p.to_string(),
+                    },
+                    None,
+                ));
+                in_scope += 1;
+                continue;
+            }
+            match role {
+                attach::Role::Ordinary => cands.push(t),
+                // An orphan goes with the pruning, if its repository is pruned.
+                attach::Role::Orphan(_) => {}
+                attach::Role::Attachment(s) | attach::Role::External(s) => out.kept.push(keep(
+                    t,
+                    Kept::Attachment {
+                        subject: s.to_string(),
+                    },
+                    None,
+                )),
+            }
+        }
+        in_scope += cands.len();
+        let (remove, kept) = retention::decide(&cands, &policy.keep, now);
         for (t, why) in remove {
             out.removals.push(Removal {
                 repo: repo.name.clone(),
@@ -303,18 +389,45 @@ fn retain(
                     name: t.name.clone(),
                     manifest: t.current.digest(),
                 },
-                reason: why,
+                reason: match number {
+                    Some(n) => format!("policy {n}: {why}"),
+                    None => why,
+                },
             });
         }
-        out.kept.extend(kept.into_iter().map(|(t, why)| KeptTag {
-            repo: repo.name.clone(),
-            tag: t.name.clone(),
-            why,
-        }));
+        out.kept
+            .extend(kept.into_iter().map(|(t, why)| keep(t, why, number)));
     }
     out.removals.sort();
     out.kept
         .sort_by(|a, b| (&a.repo, &a.tag).cmp(&(&b.repo, &b.tag)));
+    out.over_limit = over_limit(&pol.limits, out.removals.len(), in_scope);
+    prune_repos
+}
+
+/// The refusal, if removing `removed` of the `in_scope` tags (protected ones included,
+/// attachments not) exceeds the policy file's limits.
+fn over_limit(l: &crate::policy::Limits, removed: usize, in_scope: usize) -> Option<String> {
+    if let Some(max) = l.max_delete_count {
+        if removed > max {
+            return Some(format!(
+                "the policies would remove {removed} tags, more than limits.max_delete_count ({max}); nothing was changed"
+            ));
+        }
+    }
+    if let Some(max) = l.max_delete_percent {
+        let share = if in_scope == 0 {
+            0.0
+        } else {
+            removed as f64 * 100.0 / in_scope as f64
+        };
+        if share > max {
+            return Some(format!(
+                "the policies would remove {removed} of the {in_scope} tags in scope ({share:.1}%), more than limits.max_delete_percent ({max}%); nothing was changed"
+            ));
+        }
+    }
+    None
 }
 
 fn missing_repo_reason(inv: &Inventory, name: &str) -> String {
@@ -420,7 +533,7 @@ mod tests {
             &inv(),
             &Request {
                 scope: Scope::All,
-                retention: Some(Retention::default()),
+                retention: Some(Policies::from_flags(vec![])),
                 ..Request::default()
             },
             SystemTime::UNIX_EPOCH,
@@ -513,16 +626,17 @@ mod tests {
             }
         }
         let targets = targets.iter().map(|t| Target::parse(t).unwrap()).collect();
-        let retention = Some(Retention {
-            keep_last: Some(keep_last),
-            ..Retention::default()
-        });
+        let retention = Some(Policies::from_flags(vec![crate::retention::Rule::Last {
+            n: keep_last,
+            order: crate::retention::Order::Pushed,
+        }]));
         plan(
             &inv,
             &Request {
                 targets,
                 retention,
                 scope,
+                attachments: Attachments::Follow,
             },
             SystemTime::UNIX_EPOCH,
         )
@@ -567,5 +681,156 @@ mod tests {
         let p = run(&["team/*:v1"]);
         assert_eq!(summary(&p), ["team/app:v1", "team/web:v1"]);
         assert!(p.missing.is_empty());
+    }
+
+    /// `app` holds v1..v4 (pushed on days 1, 3, 5, 7), each signed right after its push
+    /// (`sha256-<digest>.sig`, days 2, 4, 6, 8), plus a referrers fallback tag for v4.
+    fn signed_inv() -> Inventory {
+        let day =
+            |n: u64| Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400 * n));
+        let mut tags = Vec::new();
+        let mut revisions = Vec::new();
+        for i in 1..=4u8 {
+            let t = |name: String, m: u8, pushed| Tag {
+                name,
+                current: Link::Ok(d(m)),
+                pushed,
+                history: vec![d(m)],
+            };
+            tags.push(t(format!("v{i}"), i, day(2 * i as u64 - 1)));
+            tags.push(t(
+                format!("sha256-{}.sig", d(i).hex()),
+                10 + i,
+                day(2 * i as u64),
+            ));
+            revisions.extend([d(i), d(10 + i)]);
+        }
+        tags.push(Tag {
+            name: format!("sha256-{}", d(4).hex()),
+            current: Link::Ok(d(20)),
+            pushed: day(9),
+            history: vec![d(20)],
+        });
+        revisions.push(d(20));
+        tags.sort_by(|a, b| a.name.cmp(&b.name));
+        revisions.sort();
+        let mut other = repo("other", &[("old", 30), ("new", 31)]);
+        for (i, t) in other.tags.iter_mut().enumerate() {
+            t.pushed = day(i as u64 + 1);
+        }
+        Inventory {
+            repos: vec![
+                Repo {
+                    tags,
+                    revisions,
+                    ..repo("app", &[])
+                },
+                other,
+            ],
+            oddities: vec![],
+            empty_dirs: vec![],
+        }
+    }
+
+    fn policy_plan(inv: &Inventory, pol: Policies, attachments: Attachments) -> Plan {
+        plan(
+            inv,
+            &Request {
+                targets: vec![],
+                retention: Some(pol),
+                scope: Scope::All,
+                attachments,
+            },
+            SystemTime::UNIX_EPOCH,
+        )
+    }
+
+    fn last(n: usize) -> Policies {
+        Policies::from_flags(vec![crate::retention::Rule::Last {
+            n,
+            order: crate::retention::Order::Pushed,
+        }])
+    }
+
+    #[test]
+    fn signatures_never_count_toward_keep_last_so_signed_images_stay() {
+        let p = policy_plan(&signed_inv(), last(2), Attachments::Follow);
+        assert_eq!(summary(&p), ["app:v1", "app:v2"]);
+        let attachments: Vec<&str> = p
+            .kept
+            .iter()
+            .filter(|k| matches!(k.why, Kept::Attachment { .. }))
+            .map(|k| k.tag.as_str())
+            .collect();
+        assert_eq!(attachments.len(), 5, "{:?}", p.kept);
+        // Plain tag semantics: the four newest tags are signatures and the fallback tag.
+        let p = policy_plan(&signed_inv(), last(2), Attachments::Plain);
+        assert!(
+            summary(&p).contains(&"app:v4".to_string()),
+            "{:?}",
+            summary(&p)
+        );
+    }
+
+    #[test]
+    fn policy_file_protect_first_match_exclude_untagged_and_limits() {
+        let mut inv = inv();
+        for r in &mut inv.repos {
+            for (i, t) in r.tags.iter_mut().enumerate() {
+                t.pushed = Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(i as u64));
+            }
+        }
+        let pol = |yaml: &str| Policies::parse(yaml).unwrap();
+        let p = policy_plan(
+            &inv,
+            pol(r#"
+version: 1
+protect: ["**:v1"]
+policies:
+  - repositories: ["team/**"]
+    exclude: ["team/web"]
+    keep: [{tags: '^latest$'}]
+    untagged: keep
+  - repositories: ["app"]
+    keep: [{last: 1, order: name}]
+"#),
+            Attachments::Follow,
+        );
+        // team/app: v1 protected, latest kept by regex; team/app/api: v1 protected;
+        // team/web and other/x/deep: no policy, untouched; app: pr-2 kept by name order.
+        assert_eq!(summary(&p), ["app:pr-1"]);
+        let why = |repo: &str, tag: &str| {
+            p.kept
+                .iter()
+                .find(|k| k.repo == repo && k.tag == tag)
+                .map(|k| k.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(why("team/app", "v1"), "protected by '**:v1'");
+        assert_eq!(why("team/app", "latest"), "policy 1: matches '^latest$'");
+        assert_eq!(why("app", "pr-2"), "policy 2: #1 by name");
+        assert_eq!(why("team/web", "v1"), "", "no policy matches team/web");
+        assert_eq!(p.removals[0].reason, "policy 2: beyond the first 1 by name");
+        // Pruning only where a policy says untagged: delete.
+        assert_eq!(scope(&p), ["app"]);
+        assert!(p
+            .protected
+            .contains(&("team/web".to_string(), "v1".to_string())));
+        let limited = |l: &str| {
+            policy_plan(
+                &inv,
+                pol(&format!(
+                    "version: 1\nlimits: {{{l}}}\npolicies: [{{repositories: ['**'], keep: [{{last: 1}}]}}]\n"
+                )),
+                Attachments::Follow,
+            )
+            .over_limit
+        };
+        // 8 tags, 3 removed (app: 2, team/app: 1) = 37.5%.
+        assert!(limited("max_delete_count: 3").is_none());
+        assert!(limited("max_delete_count: 2").unwrap().contains("3 tags"));
+        assert!(limited("max_delete_percent: 40").is_none());
+        let e = limited("max_delete_percent: 30").unwrap();
+        assert!(e.contains("3 of the 8 tags") && e.contains("37.5%"), "{e}");
     }
 }

@@ -9,6 +9,7 @@
 //!   exists marks that manifest and what it references, one level deep. This predicts the
 //!   swept set, which is compared with the registry's own dry run.
 
+use crate::attach::{self, Attachments, Role};
 use crate::digest::Digest;
 use crate::manifest::{Db, Problem};
 use crate::plan::{Removal, What};
@@ -57,15 +58,51 @@ pub fn after_removals(inv: &Inventory, removals: &[Removal]) -> Inventory {
     }
 }
 
-/// The manifests repository `repo` needs: tagged ones, recursively through indexes, and (with
-/// [`Referrers::Keep`]) untagged manifests whose `subject` is needed, to a fixed point.
-pub fn kept_manifests(repo: &Repo, db: &Db, referrers: Referrers) -> HashSet<Digest> {
+/// How pruning treats a repository's tags.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// Untagged referrers of kept manifests.
+    pub referrers: Referrers,
+    /// Attachment tags (see [`crate::attach`]).
+    pub attachments: Attachments,
+    /// Tags nothing removes (the policy file's `protect`), as (repository, tag).
+    pub protected: &'a BTreeSet<(String, String)>,
+}
+
+impl Rules<'_> {
+    /// Every tag is a root: what the remaining tags need, whatever they are (the set that
+    /// must never be swept).
+    pub fn all_tags(referrers: Referrers) -> Rules<'static> {
+        static NONE: BTreeSet<(String, String)> = BTreeSet::new();
+        Rules {
+            referrers,
+            attachments: Attachments::Plain,
+            protected: &NONE,
+        }
+    }
+}
+
+/// The manifests repository `repo` needs, and the attachment tags that go (their subject is
+/// not needed, or not in the repository): ordinary tags are roots, followed recursively
+/// through indexes; then (with [`Referrers::Keep`]) untagged manifests whose `subject` is
+/// needed, and attachment tags whose subject is needed, to a fixed point (a signature of a
+/// signature stays with the first).
+pub fn kept_manifests(repo: &Repo, db: &Db, rules: Rules) -> (HashSet<Digest>, Vec<String>) {
+    let roles = attach::roles(repo, rules.attachments);
+    let protected = |t: &str| {
+        rules
+            .protected
+            .contains(&(repo.name.clone(), t.to_string()))
+    };
+    let mut pending: Vec<(usize, Digest)> = Vec::new();
+    let mut stack: Vec<Digest> = Vec::new();
+    for (i, (t, role)) in repo.tags.iter().zip(&roles).enumerate() {
+        match role {
+            Role::Attachment(s) | Role::Orphan(s) if !protected(&t.name) => pending.push((i, *s)),
+            _ => stack.extend(t.current.digest()),
+        }
+    }
     let mut kept = HashSet::new();
-    let mut stack: Vec<Digest> = repo
-        .tags
-        .iter()
-        .filter_map(|t| t.current.digest())
-        .collect();
     loop {
         while let Some(d) = stack.pop() {
             if kept.insert(d) {
@@ -74,22 +111,34 @@ pub fn kept_manifests(repo: &Repo, db: &Db, referrers: Referrers) -> HashSet<Dig
                 }
             }
         }
-        if referrers == Referrers::Prune {
-            break;
-        }
+        // Attachments of kept manifests.
+        pending.retain(|(i, s)| {
+            if kept.contains(s) {
+                stack.extend(repo.tags[*i].current.digest());
+                false
+            } else {
+                true
+            }
+        });
         // Referrers of kept manifests (and referrers of those, on the next round).
-        stack.extend(repo.revisions.iter().filter(|r| {
-            !kept.contains(*r)
-                && db
-                    .get(r)
-                    .and_then(|m| m.subject)
-                    .is_some_and(|s| kept.contains(&s))
-        }));
+        if rules.referrers == Referrers::Keep {
+            stack.extend(repo.revisions.iter().filter(|r| {
+                !kept.contains(*r)
+                    && db
+                        .get(r)
+                        .and_then(|m| m.subject)
+                        .is_some_and(|s| kept.contains(&s))
+            }));
+        }
         if stack.is_empty() {
             break;
         }
     }
-    kept
+    let gone = pending
+        .into_iter()
+        .map(|(i, _)| repo.tags[i].name.clone())
+        .collect();
+    (kept, gone)
 }
 
 /// What pruning removes from one repository.
@@ -101,27 +150,33 @@ pub struct Prune {
     pub revisions: Vec<Digest>,
     /// Tag history entries (`tags/<tag>/index/sha256/<hex>`) naming pruned manifests.
     pub history: Vec<(String, Digest)>,
+    /// Attachment tags whose subject goes or is not in the repository (see
+    /// [`crate::attach`]); what they point to is pruned with them unless something else
+    /// keeps it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<String>,
 }
 
 /// Plans pruning over the (post-removal) inventory.
-pub fn prune_plan(inv: &Inventory, db: &Db, referrers: Referrers) -> Vec<Prune> {
+pub fn prune_plan(inv: &Inventory, db: &Db, rules: Rules) -> Vec<Prune> {
     inv.repos
         .iter()
         .filter_map(|repo| {
-            let kept = kept_manifests(repo, db, referrers);
+            let (kept, attachments) = kept_manifests(repo, db, rules);
             let revisions: Vec<Digest> = repo
                 .revisions
                 .iter()
                 .filter(|d| !kept.contains(*d))
                 .copied()
                 .collect();
-            if revisions.is_empty() {
+            if revisions.is_empty() && attachments.is_empty() {
                 return None;
             }
             let gone: HashSet<&Digest> = revisions.iter().collect();
             let history = repo
                 .tags
                 .iter()
+                .filter(|t| !attachments.contains(&t.name))
                 .flat_map(|t| {
                     t.history
                         .iter()
@@ -133,6 +188,7 @@ pub fn prune_plan(inv: &Inventory, db: &Db, referrers: Referrers) -> Vec<Prune> 
                 repo: repo.name.clone(),
                 revisions,
                 history,
+                attachments,
             })
         })
         .collect()
@@ -145,6 +201,7 @@ pub fn after_prune(mut inv: Inventory, prune: &[Prune]) -> Inventory {
             let gone: HashSet<&Digest> = p.revisions.iter().collect();
             let r = &mut inv.repos[i];
             r.revisions.retain(|d| !gone.contains(d));
+            r.tags.retain(|t| !p.attachments.contains(&t.name));
             for t in &mut r.tags {
                 t.history.retain(|d| !gone.contains(d));
             }
@@ -155,10 +212,11 @@ pub fn after_prune(mut inv: Inventory, prune: &[Prune]) -> Inventory {
 
 /// Every blob regclean considers reachable: the manifests each repository keeps and what they
 /// reference (configs, layers, children).
+/// Every tag counts, attachments too: this is what the remaining tags need.
 pub fn reachable_blobs(inv: &Inventory, db: &Db, referrers: Referrers) -> HashSet<Digest> {
     let mut out = HashSet::new();
     for repo in &inv.repos {
-        for d in kept_manifests(repo, db, referrers) {
+        for d in kept_manifests(repo, db, Rules::all_tags(referrers)).0 {
             out.insert(d);
             if let Some(m) = db.get(&d) {
                 out.extend(m.refs.iter().copied());
@@ -282,7 +340,7 @@ mod tests {
             )],
             oddities: vec![],
         };
-        let p = prune_plan(&inv, &db(), Referrers::Keep);
+        let p = prune_plan(&inv, &db(), Rules::all_tags(Referrers::Keep));
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].revisions, [d(13)]);
         assert_eq!(p[0].history, [("v1".to_string(), d(13))]);
@@ -295,7 +353,7 @@ mod tests {
             repos: vec![repo("n", vec![tag("v1", 20, &[])], &[20, 21, 22])],
             oddities: vec![],
         };
-        assert!(prune_plan(&inv, &db(), Referrers::Keep).is_empty());
+        assert!(prune_plan(&inv, &db(), Rules::all_tags(Referrers::Keep)).is_empty());
         let r = reachable_blobs(&inv, &db(), Referrers::Keep);
         assert!(r.contains(&d(110)), "layer of the grandchild");
     }
@@ -311,13 +369,13 @@ mod tests {
             )],
             oddities: vec![],
         };
-        let p = prune_plan(&inv, &db(), Referrers::Keep);
+        let p = prune_plan(&inv, &db(), Rules::all_tags(Referrers::Keep));
         assert_eq!(
             p[0].revisions,
             [d(13), d(16)],
             "referrer of an untagged manifest goes with it"
         );
-        let p = prune_plan(&inv, &db(), Referrers::Prune);
+        let p = prune_plan(&inv, &db(), Rules::all_tags(Referrers::Prune));
         assert_eq!(p[0].revisions, [d(13), d(14), d(15), d(16)]);
     }
 
@@ -341,7 +399,7 @@ mod tests {
             reason: "m:v1".into(),
         }];
         let after = after_removals(&inv, &removals);
-        let p = prune_plan(&after, &db(), Referrers::Keep);
+        let p = prune_plan(&after, &db(), Rules::all_tags(Referrers::Keep));
         assert_eq!(p[0].revisions, [d(10), d(12)]);
         let after = after_prune(after, &p);
         let marks = registry_marks(&after, &db());
@@ -372,7 +430,7 @@ mod tests {
             reason: String::new(),
         }];
         let after = after_removals(&inv, &removals);
-        assert!(prune_plan(&after, &db(), Referrers::Keep).is_empty());
+        assert!(prune_plan(&after, &db(), Rules::all_tags(Referrers::Keep)).is_empty());
     }
 
     #[test]
@@ -415,5 +473,76 @@ mod tests {
         let marks = registry_marks(&after, &db());
         assert!(marks.contains(&d(200)), "layer shared with b stays");
         assert!(!marks.contains(&d(101)));
+    }
+
+    fn follow(protected: &BTreeSet<(String, String)>) -> Rules<'_> {
+        Rules {
+            referrers: Referrers::Keep,
+            attachments: Attachments::Follow,
+            protected,
+        }
+    }
+
+    /// 41 is an image with a signature 43 (`sha256-<41>.sig`), 42 a second image signed by
+    /// 44, and 44's own signature is 46 (`sha256-<44>.sig`); `sha256-<99>.sig` -> 45 is an
+    /// orphan. (None of them in `db()`: plain leaves.)
+    fn signed() -> Repo {
+        let sig = |subject: u8, m: u8| tag(&format!("sha256-{}.sig", d(subject).hex()), m, &[]);
+        let mut tags = vec![
+            tag("v1", 41, &[]),
+            tag("v2", 42, &[]),
+            sig(41, 43),
+            sig(42, 44),
+            sig(44, 46),
+            sig(99, 45),
+        ];
+        tags.sort_by(|a, b| a.name.cmp(&b.name));
+        repo("s", tags, &[41, 42, 43, 44, 45, 46])
+    }
+
+    #[test]
+    fn attachments_stay_with_their_subject_and_go_with_it() {
+        let none = BTreeSet::new();
+        let inv = Inventory {
+            empty_dirs: Vec::new(),
+            repos: vec![signed()],
+            oddities: vec![],
+        };
+        // Everything tagged: only the orphan and what it points to go.
+        let p = prune_plan(&inv, &db(), follow(&none));
+        assert_eq!(p[0].attachments, [format!("sha256-{}.sig", d(99).hex())]);
+        assert_eq!(p[0].revisions, [d(45)]);
+        // v2 goes: its signature, the signature's signature, and the manifests behind them.
+        let removals = vec![Removal {
+            repo: "s".into(),
+            what: What::Tag {
+                name: "v2".into(),
+                manifest: Some(d(42)),
+            },
+            reason: String::new(),
+        }];
+        let after = after_removals(&inv, &removals);
+        let p = prune_plan(&after, &db(), follow(&none));
+        let mut gone = p[0].attachments.clone();
+        gone.sort();
+        let mut want = vec![
+            format!("sha256-{}.sig", d(42).hex()),
+            format!("sha256-{}.sig", d(44).hex()),
+            format!("sha256-{}.sig", d(99).hex()),
+        ];
+        want.sort();
+        assert_eq!(gone, want);
+        assert_eq!(p[0].revisions, [d(42), d(44), d(45), d(46)]);
+        // Plain tags: everything tagged stays.
+        let plain = Rules {
+            attachments: Attachments::Plain,
+            ..follow(&none)
+        };
+        assert_eq!(prune_plan(&after, &db(), plain)[0].revisions, [d(42)]);
+        // A protected orphan stays, and so does what it points to.
+        let protected: BTreeSet<(String, String)> =
+            [("s".to_string(), format!("sha256-{}.sig", d(99).hex()))].into();
+        let p = prune_plan(&inv, &db(), follow(&protected));
+        assert!(p.is_empty(), "{p:?}");
     }
 }

@@ -112,7 +112,7 @@ impl Report {
             lines
                 .entry(k.repo.as_str())
                 .or_default()
-                .push(format!("  keep tag {} [{}]", k.tag, k.why));
+                .push(format!("  keep tag {} [{k}]", k.tag));
         }
         for (repo, ls) in lines {
             let _ = writeln!(s, "{repo}");
@@ -277,6 +277,19 @@ impl Report {
             }
             GcStatus::Refused => {
                 let _ = writeln!(s, "GC: REFUSED: {}", g.reason.as_deref().unwrap_or(""));
+            }
+        }
+        for p in &g.pruned {
+            for tag in &p.attachments {
+                let subject = crate::attach::subject_of(tag)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  attachment {}:{tag} {prune} with its subject {} (gone, or not in the repository)",
+                    p.repo,
+                    short(&subject)
+                );
             }
         }
         for h in &g.hazards {

@@ -106,7 +106,8 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?'])
 }
 
-fn repo_matcher(text: &str) -> Result<Matcher, String> {
+/// A repository name or pattern (the TARGET syntax without a tag), validated.
+pub fn repo_matcher(text: &str) -> Result<Matcher, String> {
     if !has_glob(text) {
         names::check_repo(text)?;
         return Ok(Matcher::Literal(text.to_string()));

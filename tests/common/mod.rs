@@ -575,3 +575,23 @@ pub fn refusing_registry(dir: &Path, root: &Path) -> PathBuf {
         ),
     )
 }
+
+const DAY: u64 = 86_400;
+
+/// Sets the push time of `repo:tag` to `days` ago.
+pub fn pushed(root: &Path, repo: &str, tag: &str, days: u64) {
+    let link = repo_path(root, &format!("{repo}/_manifests/tags/{tag}/current/link"));
+    let f = std::fs::File::options().write(true).open(&link).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(days * DAY))
+        .unwrap();
+}
+
+/// The tags of `repo` on disk, sorted.
+pub fn tags_of(root: &Path, repo: &str) -> Vec<String> {
+    let mut t: Vec<String> = std::fs::read_dir(repo_path(root, &format!("{repo}/_manifests/tags")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    t.sort();
+    t
+}
