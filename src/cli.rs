@@ -43,14 +43,31 @@ ENVIRONMENT:
   REGCLEAN_KEEP_LAST, REGCLEAN_OLDER_THAN,   the retention options, for the entrypoint hook
   REGCLEAN_KEEP (one regex; use '|' for more), REGCLEAN_ALL=true,
   REGCLEAN_KEEP_UNTAGGED=true, REGCLEAN_PRUNE_REFERRERS=true,
-  REGCLEAN_COLLECTOR=native|registry|auto
+  REGCLEAN_COLLECTOR=native|registry|auto, REGCLEAN_POLICY=FILE,
+  REGCLEAN_KEEP_ATTACHMENTS=true
 
 RETENTION:
   With --keep-last/--older-than, TARGETs select candidate tags (REPO = all its tags,
   'REPO:PATTERN' = the matching ones) and the policy picks which go; --all applies it to every
   repository. A tag goes only when it is beyond the N newest (push time = mtime of its
   current/link; equal times ordered by name) AND older than DURATION; --keep tags never go and
-  do not count. --keep-last 0 is refused (name 'REPO:*' to remove every tag).";
+  do not count. --keep-last 0 is refused (name 'REPO:*' to remove every tag).
+
+POLICY FILE (--policy FILE, YAML; the format with a complete example is in README.md,
+\"Policy file\"):
+  version: 1
+  protect: [\"**:latest\"]                 REPO:TAG patterns nothing removes, never counted
+  limits: {max_delete_percent: 30}       refuse (exit 3, nothing changed) above this
+  policies:                              the FIRST policy matching a repository applies;
+    - repositories: [\"team0/**\"]         repositories no policy matches are untouched
+      exclude: [\"team0/keepme\"]
+      keep: [{last: 3, order: semver}, {tags: '^release-'}, {pushed_within: 30d}]
+      untagged: delete                   or keep
+
+ATTACHMENTS:
+  Tags sha256-<digest>.sig/.att/.sbom (cosign) and sha256-<digest> (OCI referrers fallback)
+  are attachments of the manifest <digest>: they never count toward retention, stay while
+  it stays and go with it; orphans are pruned. --keep-attachments makes them plain tags.";
 
 /// What the user typed.
 #[derive(Debug, Parser)]
