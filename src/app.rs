@@ -398,7 +398,18 @@ pub fn run(settings: &Settings) -> Result<Report> {
         removals: changes.outcomes,
         missing: plan.missing,
         unmatched: plan.unmatched,
-        kept: plan.kept,
+        // Attachments that go with their subject are reported with the pruning, not as kept.
+        kept: plan
+            .kept
+            .into_iter()
+            .filter(|k| {
+                !prep
+                    .report
+                    .pruned
+                    .iter()
+                    .any(|p| p.repo == k.repo && p.attachments.contains(&k.tag))
+            })
+            .collect(),
         leftover_trash_runs: leftover,
         deleted: changes.deleted,
         oddities: inv.oddities,

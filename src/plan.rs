@@ -44,6 +44,9 @@ pub struct KeptTag {
     pub repo: String,
     /// The tag.
     pub tag: String,
+    /// The manifest it points to, if its link is readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Digest>,
     /// The number (from 1) of the policy file's policy that kept it; absent for the command
     /// line's retention flags and for `protect`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -347,6 +350,7 @@ fn retain(
         let keep = |t: &Tag, why: Kept, policy: Option<usize>| KeptTag {
             repo: repo.name.clone(),
             tag: t.name.clone(),
+            manifest: t.current.digest(),
             policy,
             why,
         };

@@ -4,12 +4,17 @@ use crate::apply::Outcome;
 use crate::cli::MissingPolicy;
 use crate::collect::{GcReport, GcStatus};
 use crate::config::RootSource;
+use crate::digest::Digest;
 use crate::exit::Exit;
 use crate::plan::{KeptTag, Missing, What};
 use crate::scan::Oddity;
 use crate::trash::Deleted;
 use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+
+/// Per repository, its report lines.
+type Lines<'a> = BTreeMap<&'a str, Vec<String>>;
 
 /// Everything a run did or would do.
 #[derive(Debug, Serialize)]
@@ -84,37 +89,8 @@ impl Report {
         } else {
             "removed"
         };
-        // Per repository: what goes, then (with a retention policy) what stays and why.
-        let mut lines: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-        for o in &self.removals {
-            let r = &o.removal;
-            let what = match &r.what {
-                What::Tag { name, manifest } => match manifest {
-                    Some(d) => format!("tag {name} ({})", short(&d.to_string())),
-                    None => format!("tag {name}"),
-                },
-                What::Repository { tags } => {
-                    format!("repository ({tags} tags; nested repositories kept)")
-                }
-            };
-            let why = if r.reason.is_empty() || !self.dry_run {
-                String::new()
-            } else {
-                format!(" [{}]", r.reason)
-            };
-            let line = match &o.error {
-                None => format!("  {verb} {what}{why}"),
-                Some(e) => format!("  FAILED to remove {what}: {e}"),
-            };
-            lines.entry(r.repo.as_str()).or_default().push(line);
-        }
-        for k in &self.kept {
-            lines
-                .entry(k.repo.as_str())
-                .or_default()
-                .push(format!("  keep tag {} [{k}]", k.tag));
-        }
-        for (repo, ls) in lines {
+        let (repos, nested) = self.repo_lines(verb);
+        for (repo, ls) in repos {
             let _ = writeln!(s, "{repo}");
             for l in ls {
                 let _ = writeln!(s, "{l}");
@@ -179,7 +155,7 @@ impl Report {
             self.root,
             root_source_text(self.root_source)
         );
-        self.gc_text(&mut s);
+        self.gc_text(&mut s, &nested);
         if self.rolled_back {
             let _ = writeln!(s, "Nothing was changed: every removal and pruning of this run was put back from the trash.");
         }
@@ -198,7 +174,109 @@ impl Report {
 }
 
 impl Report {
-    fn gc_text(&self, s: &mut String) {
+    /// Per repository: what goes, then (with retention) what stays and why; attachments are
+    /// listed under the tag of their subject (those that go with it under its removal).
+    /// Also returns the attachments listed so (the GC section lists the others).
+    fn repo_lines(&self, verb: &str) -> (Lines<'_>, HashSet<(&str, &str)>) {
+        use crate::attach::subject_of;
+        let prune = if self.dry_run || self.gc.status != GcStatus::Done {
+            "to prune"
+        } else {
+            "pruned"
+        };
+        // (repo, subject) -> attachment tags going with the pruning / staying.
+        let mut going: HashMap<(&str, Digest), Vec<&str>> = HashMap::new();
+        for p in &self.gc.pruned {
+            for t in &p.attachments {
+                if let Some(d) = subject_of(t) {
+                    going.entry((p.repo.as_str(), d)).or_default().push(t);
+                }
+            }
+        }
+        let going_set: HashSet<(&str, &str)> = going
+            .iter()
+            .flat_map(|((r, _), ts)| ts.iter().map(move |t| (*r, *t)))
+            .collect();
+        let mut staying: HashMap<(&str, Digest), Vec<&str>> = HashMap::new();
+        for k in &self.kept {
+            if let (crate::retention::Kept::Attachment { .. }, Some(d)) =
+                (&k.why, subject_of(&k.tag))
+            {
+                if !going_set.contains(&(k.repo.as_str(), k.tag.as_str())) {
+                    staying
+                        .entry((k.repo.as_str(), d))
+                        .or_default()
+                        .push(&k.tag);
+                }
+            }
+        }
+        let mut nested: HashSet<(&str, &str)> = HashSet::new();
+        let mut lines: Lines = BTreeMap::new();
+        for o in &self.removals {
+            let r = &o.removal;
+            let (what, manifest) = match &r.what {
+                What::Tag { name, manifest } => (
+                    match manifest {
+                        Some(d) => format!("tag {name} ({})", short(&d.to_string())),
+                        None => format!("tag {name}"),
+                    },
+                    *manifest,
+                ),
+                What::Repository { tags } => (
+                    format!("repository ({tags} tags; nested repositories kept)"),
+                    None,
+                ),
+            };
+            let why = if r.reason.is_empty() || !self.dry_run {
+                String::new()
+            } else {
+                format!(" [{}]", r.reason)
+            };
+            let out = lines.entry(r.repo.as_str()).or_default();
+            out.push(match &o.error {
+                None => format!("  {verb} {what}{why}"),
+                Some(e) => format!("  FAILED to remove {what}: {e}"),
+            });
+            if let Some(ts) = manifest.and_then(|d| going.remove(&(r.repo.as_str(), d))) {
+                for t in ts {
+                    out.push(format!("    attachment {t} {prune} with it"));
+                    nested.insert((r.repo.as_str(), t));
+                }
+            }
+        }
+        for k in &self.kept {
+            if matches!(k.why, crate::retention::Kept::Attachment { .. }) {
+                continue;
+            }
+            let out = lines.entry(k.repo.as_str()).or_default();
+            out.push(format!("  keep tag {} [{k}]", k.tag));
+            if let Some(ts) = k
+                .manifest
+                .and_then(|d| staying.remove(&(k.repo.as_str(), d)))
+            {
+                for t in ts {
+                    out.push(format!("    attachment {t} stays with it"));
+                }
+            }
+        }
+        // Attachments whose subject has no tag line here (an index child, untagged).
+        for k in &self.kept {
+            if let Some(d) = subject_of(&k.tag) {
+                if staying
+                    .get(&(k.repo.as_str(), d))
+                    .is_some_and(|ts| ts.contains(&k.tag.as_str()))
+                {
+                    lines
+                        .entry(k.repo.as_str())
+                        .or_default()
+                        .push(format!("  keep tag {} [{k}]", k.tag));
+                }
+            }
+        }
+        (lines, nested)
+    }
+
+    fn gc_text(&self, s: &mut String, nested: &HashSet<(&str, &str)>) {
         let g = &self.gc;
         let manifests: usize = g.pruned.iter().map(|p| p.revisions.len()).sum();
         let prune = if self.dry_run || g.status != GcStatus::Done {
@@ -281,6 +359,9 @@ impl Report {
         }
         for p in &g.pruned {
             for tag in &p.attachments {
+                if nested.contains(&(p.repo.as_str(), tag.as_str())) {
+                    continue;
+                }
                 let subject = crate::attach::subject_of(tag)
                     .map(|d| d.to_string())
                     .unwrap_or_default();

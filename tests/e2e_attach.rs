@@ -96,10 +96,14 @@ fn signed_images_were_all_removed_when_signatures_counted_toward_keep_last() {
         "keep tag v4 [newest #1]".to_string(),
         "keep tag v3 [newest #2]".to_string(),
         format!(
-            "keep tag {} [attachment of {}",
-            att(&images[0].digest, ".sig"),
-            &images[0].digest[..19]
+            "    attachment {} to prune with it",
+            att(&images[0].digest, ".sig")
         ),
+        format!(
+            "    attachment {} stays with it",
+            att(&images[3].digest, ".sig")
+        ),
+        format!("    attachment {v4_fallback} stays with it"),
         format!("attachment app:{orphan} to prune"),
     ] {
         assert!(out.contains(&s), "dry run lacks '{s}':\n{out}");
