@@ -3,7 +3,7 @@
 # ratios against baselines measured in the same run (find, rm -rf, the registry's own
 # garbage-collect, the usual rm -rf + garbage-collect script against a native full clean). Usage:
 #   benches/bench.sh [SIZE...]        SIZE: small, medium (default: small medium), large (opt-in)
-# Environment: BENCH_REPS (default 3), BENCH_DIR (work directory, default a new one under
+# Environment: BENCH_STEPS (the numbered steps to run, default "1 2 3 4"), BENCH_REPS (default 3), BENCH_DIR (work directory, default a new one under
 # /var/tmp), REGISTRY_BIN (default docker-registry or registry on PATH).
 # Needs: /usr/bin/time (Debian package time), the registry binary, cargo.
 set -eu
@@ -100,6 +100,10 @@ left_counts() { awk '{printf "%s%s+%s", (NR > 1 ? ", " : ""), $1, $2}' "$1"; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f×", a/b; else print "-" }'; }
 
+STEPS=${BENCH_STEPS:-1 2 3 4}
+# want N: is step N asked for?
+want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
 for size in $SIZES; do
     S=$WORK/$size
     V2=$S/docker/registry/v2
@@ -108,7 +112,11 @@ for size in $SIZES; do
     files=$(find "$S" -type f | wc -l)
     echo "| $size | store | $(cat "$WORK/$size.gen.json") | | | |"
 
+    N=$WORK/$size.nomulti
+    C=$WORK/$size.copy
+
     # 1. Inventory and plan (dry run with retention, reachability and bytes to free).
+    if want 1; then
     run_timed "" "find '$S' -type f | wc -l"; FIND=$MED; row "$size" "baseline: find" "find ROOT -type f \| wc -l" "1.00×"
     run_timed "" "'$REG' garbage-collect --dry-run '$WORK/$size.yml'"; REGDRY=$MED
     row "$size" "baseline: registry GC dry run" "registry garbage-collect --dry-run" "1.00×"
@@ -127,19 +135,22 @@ for size in $SIZES; do
     run_timed "" "'$BIN' --root '$S' --config /dev/null --check --verify-content"
     row "$size" "integrity check, hashing every blob" "regclean --check --verify-content" "$(ratio "$MED" "$CHK") of --check"
 
+    fi
+
     # 2. Removal of many repositories against rm -rf of the same directories.
-    C=$WORK/$size.copy
+    if want 2; then
     run_timed "rm -rf '$C'; cp -a '$S' '$C'; sync" "rm -rf '$C'/docker/registry/v2/repositories/team*"; RM=$MED
     row "$size" "baseline: rm -rf" "rm -rf repositories/team*" "1.00×"
     run_timed "rm -rf '$C'; cp -a '$S' '$C'; sync" "'$BIN' --root '$C' --config /dev/null --no-gc 'team*/**'"
     row "$size" "remove $(ls "$V2/repositories" | grep -c '^team') namespaces of repositories" "regclean --no-gc 'team*/**'" "$(ratio "$MED" "$RM") of rm -rf"
+    fi
 
     # 3. Full clean against the usual script (rm -rf of tag directories, then the registry's
     #    garbage-collect --delete-untagged), on a store without multi-arch images (where -m is
     #    safe, so the comparison is fair).
-    N=$WORK/$size.nomulti
     [ -f "$WORK/$size.nomulti.gen.json" ] || { rm -rf "$N"; "$GEN" --out "$N" --size "$size" --multiarch-percent 0 --seed 2 > "$WORK/$size.nomulti.gen.json"; }
     printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\n' "$C" > "$WORK/$size.copy.yml"
+    if want 3; then
     (cd "$N/docker/registry/v2/repositories" && find . -path '*/_manifests/tags/build-*' -prune | sed 's|^\./||') > "$WORK/$size.tagdirs"
     run_timed "rm -rf '$C'; cp -a '$N' '$C'; sync" "cd '$C/docker/registry/v2/repositories' && xargs rm -rf < '$WORK/$size.tagdirs' && '$REG' garbage-collect --delete-untagged '$WORK/$size.copy.yml'"; SCRIPT=$MED
     row "$size" "baseline: rm -rf tags + registry GC -m" "xargs rm -rf < tagdirs; registry garbage-collect -m" "1.00×"
@@ -147,6 +158,7 @@ for size in $SIZES; do
     row "$size" "full clean: remove, prune, preflight, cross-checked GC" "regclean 'team*/**:build-*'" "$(ratio "$MED" "$SCRIPT") of the script"
     phases=$(tr -d '\n ' < "$WORK/$size.full.json" | sed 's/.*"timings_ms":{\([^}]*\)}.*/\1/' | tr ',' ' ' | sed 's/"//g')
     echo "| $size | full clean, where the time goes (ms, last run) | $phases | | | |"
+    fi
 
     # 4. Full clean with the native collector against the script a user would otherwise write
     #    for the same request: remove the older half of every repository's tags (the generator
@@ -156,6 +168,7 @@ for size in $SIZES; do
     #    garbage-collect --delete-untagged. Same store without multi-arch images as in 3.
     #    (2.8's --delete-untagged deletes the untagged children of indexes), a fresh copy
     #    before every run, alternated.
+    if want 4; then
     echo "| $size | store without multi-arch images (3. and 4.) | $(cat "$WORK/$size.nomulti.gen.json") | | | |"
     tags=$(sed 's/.*"tags":\([0-9]*\).*/\1/' "$WORK/$size.nomulti.gen.json")
     repos=$(sed 's/.*"repos":\([0-9]*\).*/\1/' "$WORK/$size.nomulti.gen.json")
@@ -179,11 +192,12 @@ for size in $SIZES; do
     echo "| $size | native collector, last run | $freed | | | |"
     phases=$(tr -d '\n ' < "$WORK/$size.native.json" | sed 's/.*"timings_ms":{\([^}]*\)}.*/\1/' | tr ',' ' ' | sed 's/"//g')
     echo "| $size | native full clean, where the time goes (ms, last run) | $phases | | | |"
+    fi
     rm -rf "$C"
 done
 
 # Memory: what a manifest costs beyond the fixed part, from the difference between two sizes.
-if [ -n "${DRY_MAN_small:-}" ] && [ -n "${DRY_MAN_medium:-}" ]; then
+if [ -n "${DRY_MAN_small:-}" ] && [ -n "${DRY_MAN_medium:-}" ] && [ -n "${NAT_MAN_small:-}" ] && [ -n "${NAT_MAN_medium:-}" ]; then
     echo "| small→medium | peak RSS per added manifest | regclean dry run | $(awk -v a="$DRY_RSSK_small" -v b="$DRY_RSSK_medium" -v m="$DRY_MAN_small" -v n="$DRY_MAN_medium" 'BEGIN{printf "%.2f KiB", (b-a)/(n-m)}') | | |"
     echo "| small→medium | peak RSS per added manifest | regclean native full clean | $(awk -v a="$NAT_RSSK_small" -v b="$NAT_RSSK_medium" -v m="$NAT_MAN_small" -v n="$NAT_MAN_medium" 'BEGIN{printf "%.2f KiB", (b-a)/(n-m)}') | | |"
 fi
