@@ -21,6 +21,13 @@ pub const STATE_DIR: &str = ".regclean";
 
 /// Parses `args`, runs, prints, and returns the process exit code.
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let args: Vec<OsString> = args.into_iter().collect();
+    // `regclean supervise ...` is a mode of its own. A repository named `supervise` is still
+    // removable: `regclean -- supervise` (or any option before it).
+    if args.get(1).is_some_and(|a| a == "supervise") {
+        init_logging("info");
+        return crate::supervise::main(args[2..].to_vec());
+    }
     let settings = match cli::parse(args) {
         Ok(s) => s,
         Err(code) => return code.code(),
@@ -43,7 +50,8 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
         };
     }
     match run(&settings) {
-        Ok(report) => {
+        Ok(mut report) => {
+            online_cycle(&settings, &mut report);
             match settings.output {
                 Output::Json => println!("{}", report.to_json()),
                 Output::Human => print!("{}", report.to_text()),
@@ -52,6 +60,60 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
         Err(Error::NothingToDo) => Exit::Done.code(),
         Err(e) => fail(&settings, e),
+    }
+}
+
+/// Next to a supervised registry (`regclean supervise`), a run whose collection was deferred
+/// asks the supervisor for an online cycle — read-only registry, collection in this run's
+/// pruning scope, fresh writable registry — and waits for it (the lock is released by then).
+fn online_cycle(settings: &Settings, report: &mut Report) {
+    if settings.mode != Mode::Apply || report.gc.status != collect::GcStatus::Deferred {
+        return;
+    }
+    let mut args = Vec::new();
+    match &report.gc.prune_scope {
+        plan::PruneScope::Store => {}
+        plan::PruneScope::Repositories(r) if r.is_empty() => args.push("--keep-untagged".into()),
+        plan::PruneScope::Repositories(r) => {
+            for repo in r {
+                args.extend(["--prune-in".to_string(), repo.clone()]);
+            }
+        }
+    }
+    let gc = &settings.gc;
+    if gc.pruning == collect::Pruning::Keep && !args.iter().any(|a| a == "--keep-untagged") {
+        args.push("--keep-untagged".into());
+    }
+    if gc.referrers == crate::reach::Referrers::Prune {
+        args.push("--prune-referrers".into());
+    }
+    if settings.request.attachments == crate::attach::Attachments::Plain {
+        args.push("--keep-attachments".into());
+    }
+    args.push("--collector".into());
+    args.push(
+        match gc.collector {
+            collect::CollectorChoice::Auto => "auto",
+            collect::CollectorChoice::Native => "native",
+            collect::CollectorChoice::Registry => "registry",
+        }
+        .into(),
+    );
+    let root = std::path::PathBuf::from(&report.root);
+    crate::progress::phase("asking the supervisor for an online collection cycle");
+    let Some(answer) = crate::supervise::control::request(&root, args) else {
+        return;
+    };
+    let failed = match &answer {
+        Ok(v) => v.get("error").is_some() || v["exit_code"].as_i64() != Some(0),
+        Err(_) => true,
+    };
+    report.supervisor = Some(match answer {
+        Ok(v) => v,
+        Err(e) => serde_json::json!({ "error": e }),
+    });
+    if failed {
+        report.exit_code = report.exit_code.max(Exit::Failed.code());
     }
 }
 
@@ -417,6 +479,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         errors: changes.errors,
         timings_ms: timer,
         exit_code: 0,
+        supervisor: None,
     };
     report.exit_code = report.exit(settings.missing).code();
     Ok(report)

@@ -138,6 +138,11 @@ pub struct Args {
     #[arg(long, env = "REGCLEAN_KEEP_ATTACHMENTS")]
     pub keep_attachments: bool,
 
+    /// With --gc-only: prune only in these repositories (repeatable). Used by the supervisor's
+    /// collection cycle to keep a triggering run's pruning scope.
+    #[arg(long, value_name = "REPO", hide = true, requires = "gc_only")]
+    pub prune_in: Vec<String>,
+
     /// Retention scope: every repository (instead of TARGETs).
     #[arg(long, env = "REGCLEAN_ALL")]
     pub all: bool,
@@ -426,6 +431,7 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
                 Scope::Targets
             },
             retention,
+            prune_in: (!args.prune_in.is_empty()).then(|| args.prune_in.iter().cloned().collect()),
             attachments: if args.keep_attachments {
                 Attachments::Plain
             } else {

@@ -29,6 +29,7 @@ pub mod reach;
 pub mod report;
 pub mod retention;
 pub mod scan;
+pub mod supervise;
 pub mod target;
 pub mod timing;
 pub mod trash;

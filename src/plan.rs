@@ -35,6 +35,9 @@ pub struct Request {
     pub scope: Scope,
     /// Attachment tags follow their subject, or are plain tags (`--keep-attachments`).
     pub attachments: Attachments,
+    /// `--gc-only --prune-in REPO...`: pruning limited to these repositories (the
+    /// supervisor's cycle for a run with a narrower scope).
+    pub prune_in: Option<BTreeSet<String>>,
 }
 
 /// A tag a retention policy keeps.
@@ -242,6 +245,10 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
             // Repositories no policy matches are untouched, pruning included.
             Source::File => PruneScope::Repositories(prune_repos),
         };
+        return out;
+    }
+    if let (true, Some(repos)) = (req.targets.is_empty(), &req.prune_in) {
+        out.prune_scope = PruneScope::Repositories(repos.clone());
         return out;
     }
     for ((repo_name, tag), reason) in &chosen {
@@ -641,6 +648,7 @@ mod tests {
                 retention,
                 scope,
                 attachments: Attachments::Follow,
+                prune_in: None,
             },
             SystemTime::UNIX_EPOCH,
         )
@@ -744,6 +752,7 @@ mod tests {
                 retention: Some(pol),
                 scope: Scope::All,
                 attachments,
+                prune_in: None,
             },
             SystemTime::UNIX_EPOCH,
         )

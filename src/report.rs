@@ -52,6 +52,10 @@ pub struct Report {
     /// Collection was refused after removal and everything was put back from the trash:
     /// nothing was changed (exit 3).
     pub rolled_back: bool,
+    /// The online collection cycle a supervisor ran for this run (see
+    /// [`crate::supervise`]), or its error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<serde_json::Value>,
 }
 
 impl Report {
@@ -156,6 +160,32 @@ impl Report {
             root_source_text(self.root_source)
         );
         self.gc_text(&mut s, &nested);
+        if let Some(c) = &self.supervisor {
+            match c.get("error").and_then(|e| e.as_str()) {
+                Some(e) => {
+                    let _ = writeln!(s, "Supervisor: the online collection cycle failed: {e}");
+                }
+                None => {
+                    let g = &c["report"]["gc"];
+                    let _ = writeln!(
+                        s,
+                        "Supervisor: collected online (read-only for {} ms, cycle {} ms): {} untagged manifest(s) pruned; freed {} blob(s), {}; exit {}.",
+                        c["readonly_ms"],
+                        c["cycle_ms"],
+                        g["pruned"]
+                            .as_array()
+                            .map(|p| p
+                                .iter()
+                                .map(|x| x["revisions"].as_array().map_or(0, |r| r.len()))
+                                .sum::<usize>())
+                            .unwrap_or(0),
+                        g["freed_blobs"],
+                        human_bytes(g["freed_bytes"].as_u64().unwrap_or(0)),
+                        c["exit_code"]
+                    );
+                }
+            }
+        }
         if self.rolled_back {
             let _ = writeln!(s, "Nothing was changed: every removal and pruning of this run was put back from the trash.");
         }

@@ -1,0 +1,128 @@
+//! The supervisor's control socket: `<root>/.regclean/supervise.sock`, owner-only. A regclean
+//! run next to a supervised registry (`docker exec registry regclean app:pr-1`) removes what
+//! it was asked to, then asks here for an online collection cycle and waits for its result.
+//!
+//! Protocol: one JSON line each way. Request `{"args": [...]}` (the collection options of the
+//! run: pruning scope, `--keep-untagged`...; only those are accepted); response the cycle's
+//! result (see [`super::Cycle`]) or `{"error": "..."}`.
+//!
+//! The socket is bound and connected through `/proc/self/fd/N/`, a handle on `.regclean`, so
+//! a long storage root never hits the 108-byte limit of a socket path and a symlink planted
+//! at `.regclean` is never followed.
+
+use crate::app::STATE_DIR;
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// The socket's name in `.regclean`.
+pub const SOCKET: &str = "supervise.sock";
+
+/// A request for a cycle.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    /// Collection options (see [`allowed`]).
+    pub args: Vec<String>,
+}
+
+/// The options a request may pass to the collection run: nothing that removes or reaches
+/// outside the store.
+pub fn allowed(args: &[String]) -> Result<(), String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--keep-untagged" | "--prune-referrers" | "--keep-attachments" => {}
+            "--collector" | "--prune-in" => {
+                if it.next().is_none() {
+                    return Err(format!("{a} needs a value"));
+                }
+            }
+            other => return Err(format!("option {other} is not accepted by the supervisor")),
+        }
+    }
+    Ok(())
+}
+
+/// `.regclean` opened as a directory without following a symlink there.
+fn state_dir(root: &Path, create: bool) -> std::io::Result<OwnedFd> {
+    let dir = root.join(STATE_DIR);
+    if create {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    open(
+        &dir,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+}
+
+fn via_fd(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/{SOCKET}", fd.as_raw_fd()))
+}
+
+/// Binds the control socket (removing a stale one left by a killed supervisor; refusing
+/// anything else at that name). The directory handle must stay open as long as the socket is
+/// used through it, so it is returned too.
+pub fn bind(root: &Path) -> std::io::Result<(UnixListener, OwnedFd)> {
+    let fd = state_dir(root, true)?;
+    let path = via_fd(&fd);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)?,
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} exists and is not a socket",
+                root.join(STATE_DIR).join(SOCKET).display()
+            )))
+        }
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((l, fd))
+}
+
+/// Serves requests one at a time, each answered by `cycle`.
+pub fn serve(l: UnixListener, cycle: impl Fn(Request) -> serde_json::Value) {
+    for conn in l.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let mut line = String::new();
+        if BufReader::new(&conn).read_line(&mut line).is_err() {
+            continue;
+        }
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(r) => match allowed(&r.args) {
+                Ok(()) => cycle(r),
+                Err(e) => serde_json::json!({ "error": e }),
+            },
+            Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
+        };
+        let _ = writeln!(conn, "{reply}");
+    }
+}
+
+/// Asks the supervisor serving `root` for a cycle and waits for its answer. `None` when no
+/// supervisor listens there.
+pub fn request(root: &Path, args: Vec<String>) -> Option<Result<serde_json::Value, String>> {
+    let fd = state_dir(root, false).ok()?;
+    let mut s = UnixStream::connect(via_fd(&fd)).ok()?;
+    let req = serde_json::to_string(&Request { args }).expect("serializes");
+    if let Err(e) = writeln!(s, "{req}") {
+        return Some(Err(format!("writing to the supervisor: {e}")));
+    }
+    let mut line = String::new();
+    Some(match BufReader::new(&s).read_line(&mut line) {
+        Ok(0) => Err("the supervisor closed the connection without an answer".into()),
+        Ok(_) => serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}")),
+        Err(e) => Err(format!("reading from the supervisor: {e}")),
+    })
+}

@@ -1,0 +1,455 @@
+//! `regclean supervise [OPTIONS] -- COMMAND...`: the registry image that cleans itself online.
+//!
+//! The supervisor is PID 1 of the container. It runs the registry (COMMAND, unmodified) as a
+//! child on an internal loopback address and fronts it on the registry's own address
+//! ([`proxy`]). A collection cycle, asked for over the control socket ([`control`]) by a
+//! regclean run next to it:
+//!
+//! 1. starts a second registry child, read-only (`REGISTRY_STORAGE_MAINTENANCE_READONLY`), and
+//!    sends new connections to it once it accepts them;
+//! 2. stops the writable child (SIGTERM; the registry drains its requests in flight);
+//! 3. runs `regclean --gc-only` (pruning in the run's scope, then collection: nothing writable
+//!    serves the store any more, so the live guard lets it through);
+//! 4. starts a fresh writable child (an empty blob descriptor cache: no client is told a
+//!    swept layer exists), sends new connections to it, and stops the read-only one.
+//!
+//! No connection is refused at any point; pulls go on throughout; pushes during the read-only
+//! window get the registry's own read-only error. As PID 1 it reaps every zombie, forwards
+//! SIGHUP, SIGUSR1, SIGUSR2 and SIGQUIT to the registry, and on SIGTERM or SIGINT stops the
+//! registry (which drains) and exits with its status. If the registry child dies on its own,
+//! the supervisor stops and exits with the child's status, so the container's restart policy
+//! restarts both (a registry that crashes is not silently restarted behind the operator).
+
+pub mod child;
+pub mod control;
+pub mod proxy;
+
+use crate::config;
+use child::{signal, Reaper};
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use proxy::Proxy;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What `regclean supervise` takes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "regclean supervise",
+    about = "Run the registry under regclean: online collection cycles with no failed pull"
+)]
+pub struct Args {
+    /// Storage root [default: as for regclean: REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY, the
+    /// config's storage.filesystem.rootdirectory, /var/lib/registry].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Registry config file [default: the first argument of COMMAND ending in .yml or .yaml,
+    /// else REGISTRY_CONFIGURATION_PATH, else the image's default].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// How long the registry may take to finish requests in flight when it is stopped
+    /// (passed as REGISTRY_HTTP_DRAINTIMEOUT unless the config sets http.draintimeout).
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub drain: String,
+
+    /// The registry command, e.g. `/entrypoint.sh /etc/docker/registry/config.yml` or
+    /// `registry serve config.yml`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// One registry child.
+#[derive(Debug, Clone, Copy)]
+struct Child {
+    pid: i32,
+    addr: SocketAddr,
+}
+
+/// Which mode a registry child runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Writable,
+    ReadOnly,
+}
+
+/// What a cycle did (the control socket's answer).
+#[derive(Debug, Serialize)]
+pub struct Cycle {
+    /// The collection run's exit code (0: collected).
+    pub exit_code: i32,
+    /// The collection run's JSON report (`gc` holds what was pruned and freed).
+    pub report: serde_json::Value,
+    /// How long the store was served read-only, in milliseconds.
+    pub readonly_ms: u128,
+    /// The whole cycle, in milliseconds.
+    pub cycle_ms: u128,
+}
+
+struct Supervisor {
+    command: Vec<OsString>,
+    /// Environment every registry child gets (shared secret, drain time).
+    env: Vec<(String, String)>,
+    root: PathBuf,
+    config: Option<PathBuf>,
+    drain: Duration,
+    proxy: Arc<Proxy>,
+    reaper: Arc<Reaper>,
+    state: Mutex<State>,
+    cycle: Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The child the proxy sends new connections to: "the registry".
+    active: i32,
+    /// Children being stopped on purpose (their exit is not a crash).
+    stopping: HashSet<i32>,
+    /// Every registry child alive.
+    alive: HashSet<i32>,
+    shutting_down: bool,
+}
+
+/// Runs the supervisor; returns the process exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let args = match Args::try_parse_from(
+        std::iter::once(OsString::from("regclean supervise")).chain(args),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    // Signals go to a signalfd read by the main thread only: block them before any thread
+    // exists (threads inherit the mask; children get a clean one from std::process).
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGQUIT,
+    ] {
+        mask.add(s);
+    }
+    if let Err(e) = mask.thread_block() {
+        eprintln!("regclean supervise: blocking signals: {e}");
+        return 1;
+    }
+    match start(args) {
+        Ok((sup, signals)) => sup.run(signals),
+        Err(e) => {
+            eprintln!("regclean supervise: {e}");
+            2
+        }
+    }
+}
+
+fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
+    let config_path = args.config.clone().or_else(|| {
+        args.command
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+    });
+    let cfg = config::find_config(config_path.as_deref(), &config::DEFAULT_CONFIGS)
+        .or_else(|_| {
+            let env = std::env::var_os("REGISTRY_CONFIGURATION_PATH").map(PathBuf::from);
+            config::find_config(env.as_deref(), &config::DEFAULT_CONFIGS)
+        })
+        .map_err(|e| e.to_string())?;
+    let config_path = cfg.as_ref().map(|c| c.path.clone());
+    let get = |keys: &[&str]| {
+        cfg.as_ref()
+            .and_then(|c| config::get(&c.yaml, keys))
+            .and_then(|v| v.as_str().map(str::to_string))
+    };
+    let env = |k: &str| std::env::var(k).ok().map(|v| config::env_scalar(&v));
+    let addr = env("REGISTRY_HTTP_ADDR")
+        .or_else(|| get(&["http", "addr"]))
+        .unwrap_or_else(|| ":5000".into());
+    let root = args.root.clone().or_else(|| {
+        env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    });
+    let storage = std::env::var("REGISTRY_STORAGE").ok();
+    let loc = config::locate(root, cfg.clone(), storage.as_deref()).map_err(|e| e.to_string())?;
+    let drain = humantime::parse_duration(&args.drain)
+        .map_err(|e| format!("--drain '{}': {e}", args.drain))?;
+    // Children share one HTTP secret (an upload started on one child continues on the next)
+    // and drain on SIGTERM; the user's own settings win.
+    let mut child_env = Vec::new();
+    if env("REGISTRY_HTTP_SECRET").is_none() && get(&["http", "secret"]).is_none() {
+        child_env.push(("REGISTRY_HTTP_SECRET".to_string(), random_secret()));
+    }
+    if env("REGISTRY_HTTP_DRAINTIMEOUT").is_none() && get(&["http", "draintimeout"]).is_none() {
+        child_env.push((
+            "REGISTRY_HTTP_DRAINTIMEOUT".to_string(),
+            format!("{}s", drain.as_secs().max(1)),
+        ));
+    }
+    let signals = SignalFd::new(&SigSet::thread_get_mask().map_err(|e| e.to_string())?)
+        .map_err(|e| format!("signalfd: {e}"))?;
+    let listener = proxy::bind(&addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    let sup = Arc::new(Supervisor {
+        command: args.command,
+        env: child_env,
+        root: loc.root,
+        config: config_path,
+        drain,
+        proxy: Proxy::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        reaper: Arc::new(Reaper::default()),
+        state: Mutex::new(State::default()),
+        cycle: Mutex::new(()),
+    });
+    // The reaper must run while the first child starts: the main loop is not running yet.
+    let first = {
+        let s = Arc::clone(&sup);
+        let reaping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let r2 = Arc::clone(&reaping);
+        let reaper = Arc::clone(&sup.reaper);
+        let t = std::thread::spawn(move || {
+            while r2.load(std::sync::atomic::Ordering::SeqCst) {
+                reaper.reap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let c = s.spawn(Access::Writable);
+        reaping.store(false, std::sync::atomic::Ordering::SeqCst);
+        let _ = t.join();
+        c?
+    };
+    sup.proxy.switch(first.addr);
+    sup.state.lock().expect("state").active = first.pid;
+    let p = Arc::clone(&sup.proxy);
+    std::thread::spawn(move || p.serve(listener));
+    match control::bind(&sup.root) {
+        Ok((l, fd)) => {
+            let s = Arc::clone(&sup);
+            std::thread::spawn(move || {
+                let _fd = fd;
+                control::serve(l, |r| match s.cycle(r.args) {
+                    Ok(c) => serde_json::to_value(c).expect("serializes"),
+                    Err(e) => serde_json::json!({ "error": e }),
+                })
+            });
+        }
+        Err(e) => tracing::warn!(
+            "no control socket in {}: {e}; regclean runs next to this registry will defer collection",
+            sup.root.display()
+        ),
+    }
+    eprintln!(
+        "regclean supervise: serving {addr} through registry pid {} on {}",
+        first.pid, first.addr
+    );
+    Ok((sup, signals))
+}
+
+/// 32 random bytes as hex, from the kernel.
+fn random_secret() -> String {
+    let mut b = [0u8; 32];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    if read.is_err() {
+        // Without randomness, each child generates its own secret (as the registry does).
+        return String::new();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A free loopback port for a child (bound and released: the child binds it next).
+fn free_addr() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+impl Supervisor {
+    /// Starts a registry child and waits until it accepts connections (30 s at most).
+    fn spawn(&self, access: Access) -> Result<Child, String> {
+        let addr = free_addr().map_err(|e| e.to_string())?;
+        let mut c = Command::new(&self.command[0]);
+        c.args(&self.command[1..])
+            .stdin(Stdio::null())
+            .envs(self.env.iter().filter(|(_, v)| !v.is_empty()).cloned())
+            .env("REGISTRY_HTTP_ADDR", addr.to_string())
+            .env("REGCLEAN_SUPERVISED", "1");
+        match access {
+            Access::ReadOnly => c.env(
+                "REGISTRY_STORAGE_MAINTENANCE_READONLY",
+                r#"{"enabled":true}"#,
+            ),
+            Access::Writable => c.env_remove("REGISTRY_STORAGE_MAINTENANCE_READONLY"),
+        };
+        let pid = c
+            .spawn()
+            .map_err(|e| format!("starting {:?}: {e}", self.command[0]))?
+            .id() as i32;
+        self.state.lock().expect("state").alive.insert(pid);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(Child { pid, addr });
+            }
+            if let Some(code) = self.reaper.wait(pid, Duration::from_millis(50)) {
+                self.state.lock().expect("state").alive.remove(&pid);
+                return Err(format!(
+                    "the {access:?} registry child exited with {code} before serving"
+                ));
+            }
+            if Instant::now() > deadline {
+                self.stop(pid);
+                return Err(format!(
+                    "the {access:?} registry child did not accept connections on {addr} within 30 s"
+                ));
+            }
+        }
+    }
+
+    /// Stops a child on purpose (SIGTERM; SIGKILL after the drain time and 10 s more).
+    fn stop(&self, pid: i32) {
+        self.state.lock().expect("state").stopping.insert(pid);
+        signal(pid, Signal::SIGTERM);
+        if self
+            .reaper
+            .wait(pid, self.drain + Duration::from_secs(10))
+            .is_none()
+        {
+            tracing::warn!("registry child {pid} did not stop in time: killing it");
+            signal(pid, Signal::SIGKILL);
+            let _ = self.reaper.wait(pid, Duration::from_secs(10));
+        }
+        let mut st = self.state.lock().expect("state");
+        st.alive.remove(&pid);
+        st.stopping.remove(&pid);
+    }
+
+    /// Makes `c` the registry new connections reach.
+    fn activate(&self, c: Child) -> i32 {
+        self.proxy.switch(c.addr);
+        std::mem::replace(&mut self.state.lock().expect("state").active, c.pid)
+    }
+
+    /// One online collection cycle (see the module docs).
+    fn cycle(&self, args: Vec<String>) -> Result<Cycle, String> {
+        let _one = self.cycle.lock().expect("cycle");
+        if self.state.lock().expect("state").shutting_down {
+            return Err("the supervisor is stopping".into());
+        }
+        let start = Instant::now();
+        let ro = self.spawn(Access::ReadOnly)?;
+        let writable = self.activate(ro);
+        self.stop(writable);
+        let ro_start = Instant::now();
+        let collected = self.collect(&args);
+        // Whatever the collection did, writable service comes back.
+        let fresh = self.spawn(Access::Writable);
+        let readonly_ms = ro_start.elapsed().as_millis();
+        let fresh = fresh?;
+        let ro_pid = self.activate(fresh);
+        self.stop(ro_pid);
+        let (exit_code, report) = collected?;
+        Ok(Cycle {
+            exit_code,
+            report,
+            readonly_ms,
+            cycle_ms: start.elapsed().as_millis(),
+        })
+    }
+
+    /// Runs `regclean --gc-only` on the store (this very binary), its JSON report parsed.
+    fn collect(&self, args: &[String]) -> Result<(i32, serde_json::Value), String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut c = Command::new(exe);
+        c.arg("--gc-only")
+            .arg("--json")
+            .arg("--wait")
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        match &self.config {
+            Some(p) => c.arg("--config").arg(p),
+            None => c.arg("--config").arg("/dev/null"),
+        };
+        let mut child = c
+            .spawn()
+            .map_err(|e| format!("starting the collection: {e}"))?;
+        let pid = child.id() as i32;
+        let mut out = String::new();
+        if let Some(mut so) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut so, &mut out);
+        }
+        let code = self
+            .reaper
+            .wait(pid, Duration::from_secs(24 * 3600))
+            .ok_or("the collection did not end")?;
+        let report = serde_json::from_str(&out)
+            .map_err(|e| format!("the collection (exit {code}) printed no report: {e}"))?;
+        Ok((code, report))
+    }
+
+    /// The main loop: signals and exits, until the registry is gone.
+    fn run(self: Arc<Self>, signals: SignalFd) -> i32 {
+        loop {
+            let sig = match signals.read_signal() {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    eprintln!("regclean supervise: reading signals: {e}");
+                    return 1;
+                }
+            };
+            let Ok(sig) = Signal::try_from(sig.ssi_signo as i32) else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => {
+                    for (pid, code) in self.reaper.reap() {
+                        let mut st = self.state.lock().expect("state");
+                        if pid != st.active || st.stopping.contains(&pid) {
+                            continue;
+                        }
+                        st.alive.remove(&pid);
+                        if st.shutting_down {
+                            eprintln!("regclean supervise: the registry exited with {code}");
+                        } else {
+                            eprintln!(
+                                "regclean supervise: the registry (pid {pid}) died on its own with {code}: stopping (the container's restart policy restarts it)"
+                            );
+                        }
+                        let others: Vec<i32> = st.alive.iter().copied().collect();
+                        drop(st);
+                        for p in others {
+                            signal(p, Signal::SIGTERM);
+                        }
+                        return code;
+                    }
+                }
+                Signal::SIGTERM | Signal::SIGINT => {
+                    let mut st = self.state.lock().expect("state");
+                    st.shutting_down = true;
+                    for p in &st.alive {
+                        signal(*p, Signal::SIGTERM);
+                    }
+                }
+                other => {
+                    let active = self.state.lock().expect("state").active;
+                    signal(active, other);
+                }
+            }
+        }
+    }
+}

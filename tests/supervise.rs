@@ -1,0 +1,169 @@
+//! `regclean supervise` with the real registry (Debian's docker-registry 2.8.2, in-memory blob
+//! descriptor cache on): online collection with zero failed pulls, a re-push that pulls with
+//! no manual restart, and a clean stop on SIGTERM.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn blob_exists(root: &Path, digest: &str) -> bool {
+    let hex = &digest[7..];
+    root.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ))
+    .exists()
+}
+
+/// Starts `regclean supervise -- docker-registry serve CONFIG` fronting `port`; waits until
+/// the registry answers through it.
+fn supervise(h: &Registry) -> Child {
+    let log = std::fs::File::create(h.tmp.path().join("supervisor.log")).unwrap();
+    let child = regclean()
+        .arg("supervise")
+        .arg("--drain")
+        .arg("5s")
+        .arg("--")
+        .arg("docker-registry")
+        .arg("serve")
+        .arg(&h.config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = h.get("/v2/") {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the supervisor did not serve: {}", log_of(h));
+}
+
+fn log_of(h: &Registry) -> String {
+    std::fs::read_to_string(h.tmp.path().join("supervisor.log")).unwrap_or_default()
+}
+
+#[test]
+fn online_collection_frees_the_disk_with_zero_failed_pulls_and_a_repush_pulls_again() {
+    if !e2e_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let port = free_port();
+    let mut h = Registry::external(port, &root);
+    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    let mut sup = supervise(&h);
+
+    let v1 = oci_image(&[b"supervised base", b"app v1 own layer"]);
+    let v2 = oci_image(&[b"supervised base", b"app v2 own layer"]);
+    h.push(&v1, "app:v1");
+    h.push(&v2, "app:v2");
+    let v1_own = v1.blobs[1].clone(); // config 0, layers 1.. (the base is shared)
+    let v1_layer = v1
+        .blobs
+        .iter()
+        .find(|b| !v2.blobs.contains(b) && **b != v1.digest)
+        .unwrap()
+        .clone();
+    assert!(blob_exists(&root, &v1_layer));
+
+    // A client pulling app:v2 continuously, without retries, through the whole cycle.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let puller = {
+        let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let dest = tempfile::tempdir().unwrap();
+                let o = Command::new("skopeo")
+                    .args(["copy", "--retry-times", "0", "--src-tls-verify=false", "-q"])
+                    .arg(format!("docker://127.0.0.1:{port}/app:v2"))
+                    .arg(format!("dir:{}", dest.path().join("img").display()))
+                    .output()
+                    .unwrap();
+                if o.status.success() {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    errors
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&o.stderr).into_owned());
+                }
+            }
+        })
+    };
+    while ok.load(Ordering::SeqCst) < 5 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // `docker exec registry regclean app:v1`, from another process: removal now, collection
+    // online through the supervisor.
+    let before = ok.load(Ordering::SeqCst);
+    let o = h.regclean(&["--json", "app:v1"]);
+    let during = ok.load(Ordering::SeqCst) - before;
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), log_of(&h));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &j["supervisor"];
+    assert_eq!(c["exit_code"], 0, "{c}");
+    assert!(
+        c["report"]["gc"]["freed_bytes"].as_u64().unwrap() > 0,
+        "{c}"
+    );
+    assert!(!blob_exists(&root, &v1_layer), "v1's own layer is freed");
+    assert!(!blob_exists(&root, &v1_own) || v2.blobs.contains(&v1_own));
+    assert!(during > 0, "pulls went on during the cycle");
+
+    while ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < 50 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    puller.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed pulls (of {}): {:?}",
+        ok.load(Ordering::SeqCst),
+        errors.lock().unwrap()
+    );
+
+    // A re-push of the removed image, with no manual restart: the fresh registry child has an
+    // empty cache, so the layers are uploaded and linked again.
+    h.push(&v1, "app:v1");
+    h.assert_pull(&["app:v1", "app:v2"]);
+    assert!(
+        blob_exists(&root, &v1_layer),
+        "the re-push uploaded the layer again"
+    );
+    let check = h.regclean(&["--check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+
+    // SIGTERM stops the supervisor and the registry within 10 s, exit 0.
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = loop {
+        if let Some(s) = sup.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still running after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", log_of(&h));
+    assert!(h.get("/v2/").is_err(), "nothing serves any more");
+}
