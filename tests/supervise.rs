@@ -23,7 +23,7 @@ fn blob_exists(root: &Path, digest: &str) -> bool {
 /// the registry answers through it.
 fn supervise(h: &Registry) -> Child {
     let log = std::fs::File::create(h.tmp.path().join("supervisor.log")).unwrap();
-    let child = regclean()
+    let mut child = regclean()
         .arg("supervise")
         .arg("--drain")
         .arg("5s")
@@ -42,6 +42,8 @@ fn supervise(h: &Registry) -> Child {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the supervisor did not serve: {}", log_of(h));
 }
 
