@@ -460,6 +460,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         removals: changes.outcomes,
         missing: plan.missing,
         unmatched: plan.unmatched,
+        no_policy: plan.no_policy,
         // Attachments that go with their subject are reported with the pruning, not as kept.
         kept: plan
             .kept

@@ -15,10 +15,15 @@
 //!   untagged manifest;
 //! - an *orphan* (its subject is not in the repository) is pruned with untagged manifests,
 //!   under the same scope rules, and listed by `--check`;
-//! - a repository whose tags are *all* attachments and none of whose subjects it holds is a
-//!   signature repository (cosign's `COSIGN_REPOSITORY` keeps signatures apart from their
-//!   images): its attachments are never orphans. Their subjects live elsewhere, so pruning
-//!   them would delete every signature of every image.
+//! - in a repository whose tags are *all* attachments — a signature repository (cosign's
+//!   `COSIGN_REPOSITORY` keeps signatures apart from their images) — an attachment whose
+//!   subject is not there is never an orphan: its subject lives elsewhere, and pruning it
+//!   would delete every signature of every image. (An attachment there whose subject is
+//!   there, a signature of an SBOM, follows that subject as anywhere else.) The price: the
+//!   signatures left behind when every image of a repository was removed stay until removed
+//!   by name (`'REPO:sha256-*'`);
+//! - a tag named after the manifest it points to (`sha256-<its own digest>`, as some
+//!   mirroring tools tag) is an ordinary tag: it cannot hang on itself.
 
 use crate::digest::Digest;
 use crate::scan::Repo;
@@ -72,17 +77,18 @@ pub fn roles(repo: &Repo, mode: Attachments) -> Vec<Role> {
     if mode == Attachments::Plain {
         return vec![Role::Ordinary; repo.tags.len()];
     }
-    let subjects: Vec<Option<Digest>> = repo.tags.iter().map(|t| subject_of(&t.name)).collect();
-    let signature_repo = !repo.tags.is_empty()
-        && subjects
-            .iter()
-            .all(|s| s.is_some_and(|d| !repo.has_revision(&d)));
+    let subjects: Vec<Option<Digest>> = repo
+        .tags
+        .iter()
+        .map(|t| subject_of(&t.name).filter(|s| t.current.digest() != Some(*s)))
+        .collect();
+    let signature_repo = subjects.iter().all(Option::is_some);
     subjects
         .into_iter()
         .map(|s| match s {
             None => Role::Ordinary,
-            Some(d) if signature_repo => Role::External(d),
             Some(d) if repo.has_revision(&d) => Role::Attachment(d),
+            Some(d) if signature_repo => Role::External(d),
             Some(d) => Role::Orphan(d),
         })
         .collect()
@@ -155,11 +161,26 @@ mod tests {
         assert!(by_name.contains(&(a.as_str(), Role::Attachment(Digest([1; 32])))));
         assert!(by_name.contains(&(o.as_str(), Role::Orphan(Digest([2; 32])))));
         assert!(by_name.contains(&("v1", Role::Ordinary)));
-        // Only signatures of images held elsewhere: a signature repository, nothing orphaned.
+        // Only signatures of images held elsewhere: a signature repository, nothing orphaned;
+        // a signature of an SBOM held there follows the SBOM.
         let sigs = repo(&[&a, &o], &[9]);
         assert!(roles_of(&sigs)
             .iter()
             .all(|r| matches!(r, Role::External(_))));
+        let sbom_sig = format!("sha256-{}.sig", hex(5));
+        let sigs = repo(&[&a, &o, &sbom_sig], &[5, 9]);
+        assert_eq!(
+            roles_of(&sigs),
+            [
+                Role::External(Digest([1; 32])),
+                Role::External(Digest([2; 32])),
+                Role::Attachment(Digest([5; 32]))
+            ]
+        );
+        // A tag named after its own manifest is ordinary.
+        let mut own = repo(&[&format!("sha256-{}", hex(9))], &[9]);
+        own.tags[0].current = Link::Ok(Digest([9; 32]));
+        assert_eq!(roles_of(&own), [Role::Ordinary]);
         // Plain semantics: every tag is ordinary.
         assert!(roles(&r, Attachments::Plain)
             .iter()

@@ -372,7 +372,12 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
         Pruning::Keep => Vec::new(),
     };
     if layers == Layers::Remove {
-        report.layers_removed = orphan_layers(&after);
+        // A repository-level removal: in the run's pruning scope only (a policy run leaves
+        // the repositories no policy matches untouched).
+        report.layers_removed = orphan_layers(&after)
+            .into_iter()
+            .filter(|r| plan.prune_scope.contains(r))
+            .collect();
     }
     let fin = reach::after_prune(after, &report.pruned);
     let mut hazards = hazard::check(&fin, &db);

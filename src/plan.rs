@@ -121,6 +121,9 @@ pub struct Plan {
     pub kept: Vec<KeptTag>,
     /// Where untagged manifests may be pruned.
     pub prune_scope: PruneScope,
+    /// Repositories the run selected that no policy of the policy file matches (untouched).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub no_policy: Vec<String>,
     /// Set when the policy file's `limits` refuse the run (exit 3, before any change).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub over_limit: Option<String>,
@@ -348,7 +351,11 @@ fn retain(
             .binary_search_by(|r| r.name.as_str().cmp(name))
             .expect("from inventory")];
         let Some((number, policy)) = pol.for_repo(name) else {
-            continue; // no policy matches: untouched
+            // No policy matches: untouched. Said when the user named it.
+            if req.scope == Scope::Targets {
+                out.no_policy.push(name.to_string());
+            }
+            continue;
         };
         if policy.untagged == Untagged::Delete {
             prune_repos.insert(name.to_string());

@@ -35,6 +35,9 @@ pub struct Report {
     pub unmatched: Vec<String>,
     /// Tags a retention policy keeps, and why.
     pub kept: Vec<KeptTag>,
+    /// Repositories the run named that no policy matches (left untouched).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub no_policy: Vec<String>,
     /// Trash directories of interrupted runs found at start (emptied unless dry run).
     pub leftover_trash_runs: usize,
     /// What emptying the trash deleted.
@@ -102,6 +105,9 @@ impl Report {
         }
         for m in &self.missing {
             let _ = writeln!(s, "missing: {}: {}", m.target, m.reason);
+        }
+        for r in &self.no_policy {
+            let _ = writeln!(s, "no policy matches {r}: left untouched");
         }
         for u in &self.unmatched {
             let _ = writeln!(s, "pattern '{u}' matched nothing");
@@ -309,6 +315,12 @@ impl Report {
     fn gc_text(&self, s: &mut String, nested: &HashSet<(&str, &str)>) {
         let g = &self.gc;
         let manifests: usize = g.pruned.iter().map(|p| p.revisions.len()).sum();
+        let attachments: usize = g.pruned.iter().map(|p| p.attachments.len()).sum();
+        let manifests = if attachments == 0 {
+            manifests.to_string()
+        } else {
+            format!("{manifests} (and {attachments} attachment tag(s))")
+        };
         let prune = if self.dry_run || g.status != GcStatus::Done {
             "to prune"
         } else {
@@ -397,7 +409,7 @@ impl Report {
                     .unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "  attachment {}:{tag} {prune} with its subject {} (gone, or not in the repository)",
+                    "  attachment {}:{tag} {prune} with its subject {} (pruned, or not in the repository)",
                     p.repo,
                     short(&subject)
                 );
@@ -429,7 +441,7 @@ impl Report {
             if matches!(g.status, GcStatus::Done | GcStatus::DryRun) {
                 let _ = writeln!(
                     s,
-                    "  pruning limited to the {} repositor{} this run touched (--all or --gc-only prune store-wide)",
+                    "  pruning limited to the {} repositor{} in this run's scope",
                     r.len(),
                     if r.len() == 1 { "y" } else { "ies" }
                 );
