@@ -271,7 +271,14 @@ fn hook_and_exec(config: &str) {
     std::fs::create_dir_all(&data).unwrap();
     let port = free_port();
     // The policy is in the environment from the start: the first start finds a fresh volume.
-    let o = start(&p, "reg", &image, port, &data, &["REGCLEAN_GC=true"]);
+    let o = start(
+        &p,
+        "reg",
+        &image,
+        port,
+        &data,
+        &["REGCLEAN_GC=true", "REGCLEAN_SUPERVISE=false"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let r = client(port, &data);
     wait_ready(&r);
@@ -346,6 +353,67 @@ fn hook_and_exec(config: &str) {
         "registry exit code after SIGTERM: {code}"
     );
     let _ = p.run(&["rm", "-f", "reg"]);
+}
+
+#[test]
+fn the_image_runs_the_supervisor_and_exec_regclean_frees_the_disk_online() {
+    if !podman_available() {
+        return;
+    }
+    let p = Podman::new();
+    let image = build_images(&p, V2_CONFIG);
+    let data = p.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port();
+    let o = start(&p, "sup", &image, port, &data, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = client(port, &data);
+    wait_ready(&r);
+    let base: &[u8] = b"supervised container base";
+    let old = oci_image(&[base, b"supervised old layer"]);
+    r.push(&old, "app:old");
+    r.push(&oci_image(&[base, b"supervised new layer"]), "app:new");
+    let blob = |d: &str| {
+        data.join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{}/data",
+            &d[7..9],
+            &d[7..]
+        ))
+    };
+    assert!(blob(&sha(b"supervised old layer")).exists());
+
+    // docker exec registry regclean app:old: removed, and collected online.
+    let o = p.run(&["exec", "sup", "regclean", "app:old"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("removed tag old") && out.contains("Supervisor: collected online"),
+        "{out}"
+    );
+    assert!(
+        !blob(&sha(b"supervised old layer")).exists(),
+        "freed online"
+    );
+    assert!(!blob(&old.digest).exists());
+    r.assert_pull(&["app:new"]);
+    r.assert_gone(&["app:old"]);
+    // A re-push pulls again with no restart.
+    r.push(&old, "app:old");
+    r.assert_pull(&["app:old", "app:new"]);
+
+    // PID 1 is the supervisor; the registry is its child; podman stop ends both, exit 0.
+    let ps = p.ok(&["exec", "sup", "ps"]);
+    let pid1 = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("1"))
+        .unwrap_or("");
+    assert!(pid1.contains("regclean supervise"), "{ps}");
+    assert!(ps.contains(&format!("registry serve {V2_CONFIG}")), "{ps}");
+    let o = p.run(&["stop", "-t", "20", "sup"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let code = p.ok(&["inspect", "sup", "--format", "{{.State.ExitCode}}"]);
+    assert_eq!(code.trim(), "0", "exit code after SIGTERM");
+    let _ = p.run(&["rm", "-f", "sup"]);
 }
 
 #[test]

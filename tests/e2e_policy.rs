@@ -183,6 +183,7 @@ fn the_entrypoint_hook_runs_a_policy_file_from_the_environment() {
         .env("REGCLEAN_BIN", env!("CARGO_BIN_EXE_regclean"))
         .env("REGCLEAN_POLICY", &policy)
         .env("REGCLEAN_ARGS", "--collector native")
+        .env("REGCLEAN_SUPERVISE", "false")
         .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &root)
         .env("REGISTRY_CONFIGURATION_PATH", "/dev/null")
         .output()
