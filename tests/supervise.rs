@@ -169,3 +169,62 @@ fn online_collection_frees_the_disk_with_zero_failed_pulls_and_a_repush_pulls_ag
     assert_eq!(status.code(), Some(0), "{}", log_of(&h));
     assert!(h.get("/v2/").is_err(), "nothing serves any more");
 }
+
+/// The children of `pid` (from /proc/PID/task/*/children).
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let p = t.unwrap().path().join("children");
+        if let Ok(s) = std::fs::read_to_string(p) {
+            out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_registry_child_that_dies_stops_the_supervisor_with_its_status() {
+    if !e2e_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let port = free_port();
+    let mut h = Registry::external(port, &root);
+    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    let mut sup = supervise(&h);
+    let kids = children_of(sup.id());
+    assert_eq!(kids.len(), 1, "one registry child: {kids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(kids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = sup.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the supervisor goes on without a registry");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + 9), "{}", log_of(&h));
+    assert!(log_of(&h).contains("died on its own"), "{}", log_of(&h));
+}
+
+#[test]
+fn a_repository_named_supervise_is_still_removable() {
+    let (_t, root) = fixture("sample");
+    let repo = repo_path(&root, "team0/app0");
+    let dest = repo_path(&root, "supervise");
+    std::fs::rename(&repo, &dest).unwrap();
+    let o = regclean()
+        .arg("--root")
+        .arg(&root)
+        .args(["--config", "/dev/null", "--no-gc", "--", "supervise"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!dest.join("_manifests").exists());
+}
