@@ -44,9 +44,14 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
                     }
                     Output::Human => print!("{}", r.to_text()),
                 }
+                metrics(&settings, crate::metrics::Outcome::Check(&r), r.exit_code);
                 r.exit_code
             }
-            Err(e) => fail(&settings, e),
+            Err(e) => {
+                let code = fail(&settings, e);
+                metrics(&settings, crate::metrics::Outcome::Failed, code);
+                code
+            }
         };
     }
     match run(&settings) {
@@ -56,10 +61,31 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
                 Output::Json => println!("{}", report.to_json()),
                 Output::Human => print!("{}", report.to_text()),
             }
+            metrics(
+                &settings,
+                crate::metrics::Outcome::Run(&report),
+                report.exit_code,
+            );
             report.exit_code
         }
-        Err(Error::NothingToDo) => Exit::Done.code(),
-        Err(e) => fail(&settings, e),
+        Err(Error::NothingToDo) => {
+            metrics(&settings, crate::metrics::Outcome::Failed, 0);
+            Exit::Done.code()
+        }
+        Err(e) => {
+            let code = fail(&settings, e);
+            metrics(&settings, crate::metrics::Outcome::Failed, code);
+            code
+        }
+    }
+}
+
+/// `--metrics-file`: a failure to write it is logged, never changes the exit code.
+fn metrics(settings: &Settings, outcome: crate::metrics::Outcome, code: i32) {
+    if let Some(p) = &settings.metrics_file {
+        if let Err(e) = crate::metrics::write(p, outcome, code, SystemTime::now()) {
+            tracing::error!("writing metrics file {}: {e}", p.display());
+        }
     }
 }
 

@@ -143,6 +143,12 @@ pub struct Args {
     #[arg(long, value_name = "REPO", hide = true, requires = "gc_only")]
     pub prune_in: Vec<String>,
 
+    /// Write the run's outcome in Prometheus text format to FILE, atomically (last success
+    /// timestamp, exit code, duration per phase, tags/manifests/blobs/bytes removed, findings),
+    /// e.g. for node_exporter's textfile collector.
+    #[arg(long, value_name = "FILE", env = "REGCLEAN_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     /// Retention scope: every repository (instead of TARGETs).
     #[arg(long, env = "REGCLEAN_ALL")]
     pub all: bool,
@@ -297,6 +303,8 @@ pub struct Settings {
     pub log_filter: &'static str,
     /// The gc stage.
     pub gc: GcSettings,
+    /// `--metrics-file`.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Parses the command line. On `--help`/`--version` or a usage error, prints and returns the
@@ -476,6 +484,7 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
         } else {
             Output::Human
         },
+        metrics_file: args.metrics_file.clone(),
         log_filter: match (args.quiet, args.verbose) {
             (true, _) => "error",
             (false, 0) => "warn",

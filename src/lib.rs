@@ -21,6 +21,7 @@ pub mod hazard;
 pub mod live;
 pub mod lock;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod plan;
 pub mod policy;

@@ -206,7 +206,10 @@ fn a_registry_child_that_dies_stops_the_supervisor_with_its_status() {
         if let Some(s) = sup.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "the supervisor goes on without a registry");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the supervisor goes on without a registry"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(128 + 9), "{}", log_of(&h));
