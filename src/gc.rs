@@ -130,19 +130,7 @@ pub fn run(bin: &Path, config: &GcConfig, root: &Path, dry_run: bool) -> Result<
     ));
     // The collector dies with regclean: killed regclean means released lock, and a collector
     // sweeping on without the lock could race the next run (or a restarted registry).
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (prctl, getppid, _exit).
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)?;
-            if nix::unistd::getppid() != parent {
-                nix::libc::_exit(1); // the parent died before the prctl took effect
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::Failed(format!("cannot run {what}: {e}")))?;
@@ -217,4 +205,22 @@ pub fn run(bin: &Path, config: &GcConfig, root: &Path, dry_run: bool) -> Result<
         )));
     }
     Ok(out)
+}
+
+/// Makes the child get `sig` when this thread's process dies (`PR_SET_PDEATHSIG`; Linux sends
+/// it when the thread that spawned the child exits, so spawn from a thread that lives as long
+/// as the process).
+pub fn die_with_parent(cmd: &mut Command, sig: nix::sys::signal::Signal) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid, _exit).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            nix::sys::prctl::set_pdeathsig(sig).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                nix::libc::_exit(1); // the parent died before the prctl took effect
+            }
+            Ok(())
+        });
+    }
 }

@@ -167,7 +167,11 @@ impl Report {
         );
         self.gc_text(&mut s, &nested);
         if let Some(c) = &self.supervisor {
-            match c.get("error").and_then(|e| e.as_str()) {
+            let error = c
+                .get("error")
+                .or_else(|| c["report"].get("error"))
+                .and_then(|e| e.as_str());
+            match error {
                 Some(e) => {
                     let _ = writeln!(s, "Supervisor: the online collection cycle failed: {e}");
                 }

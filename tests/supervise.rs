@@ -21,10 +21,26 @@ fn blob_exists(root: &Path, digest: &str) -> bool {
 
 /// Starts `regclean supervise -- docker-registry serve CONFIG` fronting `port`; waits until
 /// the registry answers through it.
-fn supervise(h: &Registry) -> Child {
+fn supervise(h: &Registry) -> Sup {
+    supervise_with(h, &[], &[])
+}
+
+/// The supervisor process, killed when a test ends early (its registry dies with it).
+struct Sup(Child);
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn supervise_with(h: &Registry, opts: &[&str], env: &[(&str, &str)]) -> Sup {
     let log = std::fs::File::create(h.tmp.path().join("supervisor.log")).unwrap();
     let mut child = regclean()
+        .envs(env.iter().copied())
         .arg("supervise")
+        .args(opts)
         .arg("--drain")
         .arg("5s")
         .arg("--")
@@ -38,7 +54,7 @@ fn supervise(h: &Registry) -> Child {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok((200, _)) = h.get("/v2/") {
-            return child;
+            return Sup(child);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -152,12 +168,12 @@ fn online_collection_frees_the_disk_with_zero_failed_pulls_and_a_repush_pulls_ag
     // SIGTERM stops the supervisor and the registry within 10 s, exit 0.
     let t = Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sup.id() as i32),
+        nix::unistd::Pid::from_raw(sup.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let status = loop {
-        if let Some(s) = sup.try_wait().unwrap() {
+        if let Some(s) = sup.0.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -194,7 +210,7 @@ fn a_registry_child_that_dies_stops_the_supervisor_with_its_status() {
     let mut h = Registry::external(port, &root);
     h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
     let mut sup = supervise(&h);
-    let kids = children_of(sup.id());
+    let kids = children_of(sup.0.id());
     assert_eq!(kids.len(), 1, "one registry child: {kids:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(kids[0]),
@@ -203,7 +219,7 @@ fn a_registry_child_that_dies_stops_the_supervisor_with_its_status() {
     .unwrap();
     let t = Instant::now();
     let status = loop {
-        if let Some(s) = sup.try_wait().unwrap() {
+        if let Some(s) = sup.0.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -230,4 +246,70 @@ fn a_repository_named_supervise_is_still_removable() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!dest.join("_manifests").exists());
+}
+
+#[test]
+fn the_schedule_runs_the_configured_policy_and_collects_online() {
+    if !e2e_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let port = free_port();
+    let mut h = Registry::external(port, &root);
+    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    let policy = h.tmp.path().join("policy.yml");
+    std::fs::write(
+        &policy,
+        "version: 1\npolicies:\n  - repositories: [app]\n    keep: [{last: 1}]\n",
+    )
+    .unwrap();
+    // A bad schedule is a usage error, one line.
+    let o = regclean()
+        .args([
+            "supervise",
+            "--schedule",
+            "61 * * * *",
+            "--",
+            "docker-registry",
+            "serve",
+        ])
+        .arg(&h.config)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("61 * * * *"), "{}", text(&o));
+
+    // Every 2 seconds: the policy file from the environment, as the image passes it.
+    let mut sup = supervise_with(
+        &h,
+        &["--schedule", "*/2 * * * * *"],
+        &[("REGCLEAN_POLICY", policy.to_str().unwrap())],
+    );
+    let v1 = oci_image(&[b"scheduled v1 own layer"]);
+    h.push(&v1, "app:v1");
+    pushed(&root, "app", "v1", 3);
+    h.push(&oci_image(&[b"scheduled v2 own layer"]), "app:v2");
+    let t = Instant::now();
+    while blob_exists(&root, &sha(b"scheduled v1 own layer"))
+        || !log_of(&h).contains("scheduled clean done: exit 0")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not collected by the schedule: {}",
+            log_of(&h)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(tags_of(&root, "app"), ["v2"]);
+    h.assert_pull(&["app:v2"]);
+    h.assert_gone(&["app:v1"]);
+    let log = log_of(&h);
+    assert!(log.contains("scheduled clean done: exit 0"), "{log}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
 }

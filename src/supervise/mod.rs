@@ -61,6 +61,14 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub drain: String,
 
+    /// Run the configured clean on a schedule (cron syntax, UTC: `0 3 * * *` daily at 03:00;
+    /// an optional leading seconds field). The clean is what the entrypoint hook would run —
+    /// REGCLEAN_POLICY, or REGCLEAN_KEEP_LAST/REGCLEAN_OLDER_THAN with REGCLEAN_ALL or
+    /// REGCLEAN_TARGETS — followed by an online cycle; with none of those, an online
+    /// collection alone.
+    #[arg(long, value_name = "CRON", env = "REGCLEAN_SCHEDULE")]
+    pub schedule: Option<String>,
+
     /// The registry command, e.g. `/entrypoint.sh /etc/docker/registry/config.yml` or
     /// `registry serve config.yml`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -188,6 +196,15 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     let loc = config::locate(root, cfg.clone(), storage.as_deref()).map_err(|e| e.to_string())?;
     let drain = humantime::parse_duration(&args.drain)
         .map_err(|e| format!("--drain '{}': {e}", args.drain))?;
+    let schedule = args
+        .schedule
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.parse::<croner::Cron>()
+                .map_err(|e| format!("--schedule/REGCLEAN_SCHEDULE '{s}': {e}"))
+        })
+        .transpose()?;
     // Children share one HTTP secret (an upload started on one child continues on the next)
     // and drain on SIGTERM; the user's own settings win.
     let mut child_env = Vec::new();
@@ -251,6 +268,10 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
             sup.root.display()
         ),
     }
+    if let Some(cron) = schedule {
+        let s = Arc::clone(&sup);
+        std::thread::spawn(move || s.scheduled(cron));
+    }
     eprintln!(
         "regclean supervise: serving {addr} through registry pid {} on {}",
         first.pid, first.addr
@@ -285,6 +306,9 @@ impl Supervisor {
             .envs(self.env.iter().filter(|(_, v)| !v.is_empty()).cloned())
             .env("REGISTRY_HTTP_ADDR", addr.to_string())
             .env("REGCLEAN_SUPERVISED", "1");
+        // A supervisor killed outright (SIGKILL) takes its registries with it: an orphaned
+        // writable registry would serve on unseen and defer every later collection.
+        crate::gc::die_with_parent(&mut c, Signal::SIGTERM);
         match access {
             Access::ReadOnly => c.env(
                 "REGISTRY_STORAGE_MAINTENANCE_READONLY",
@@ -372,6 +396,14 @@ impl Supervisor {
     fn collect(&self, args: &[String]) -> Result<(i32, serde_json::Value), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut c = Command::new(exe);
+        // Only the request's options: the supervisor's own REGCLEAN_* settings (a policy, a
+        // metrics file) belong to the runs that asked, not to this collection.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REGCLEAN_") {
+                c.env_remove(k);
+            }
+        }
+        crate::gc::die_with_parent(&mut c, Signal::SIGTERM);
         c.arg("--gc-only")
             .arg("--json")
             .arg("--wait")
@@ -399,6 +431,62 @@ impl Supervisor {
         let report = serde_json::from_str(&out)
             .map_err(|e| format!("the collection (exit {code}) printed no report: {e}"))?;
         Ok((code, report))
+    }
+
+    /// Runs the configured clean at every time `cron` names, forever.
+    fn scheduled(&self, cron: croner::Cron) {
+        loop {
+            let now = chrono::Utc::now();
+            let Ok(next) = cron.find_next_occurrence(&now, false) else {
+                tracing::error!("the schedule names no future time: no more scheduled cleans");
+                return;
+            };
+            if let Ok(wait) = (next - now).to_std() {
+                std::thread::sleep(wait);
+            }
+            if self.state.lock().expect("state").shutting_down {
+                return;
+            }
+            eprintln!("regclean supervise: scheduled clean ({next})");
+            match self.scheduled_clean() {
+                Ok(line) => eprintln!("regclean supervise: scheduled clean done: {line}"),
+                Err(e) => eprintln!("regclean supervise: scheduled clean failed: {e}"),
+            }
+        }
+    }
+
+    /// One scheduled clean: the configured removal run (which asks for the cycle itself, like
+    /// any run next to the supervisor), or, with nothing configured, a cycle alone.
+    fn scheduled_clean(&self) -> Result<String, String> {
+        let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "false");
+        let targets = std::env::var("REGCLEAN_TARGETS").unwrap_or_default();
+        let configured = set("REGCLEAN_POLICY")
+            || !targets.trim().is_empty()
+            || (set("REGCLEAN_ALL") && (set("REGCLEAN_KEEP_LAST") || set("REGCLEAN_OLDER_THAN")));
+        if !configured {
+            let c = self.cycle(Vec::new())?;
+            return Ok(format!(
+                "online collection, exit {}, freed {} bytes",
+                c.exit_code, c.report["gc"]["freed_bytes"]
+            ));
+        }
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut c = Command::new(exe);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--ignore-missing")
+            .args(targets.split_whitespace())
+            .stdin(Stdio::null());
+        match &self.config {
+            Some(p) => c.arg("--config").arg(p),
+            None => c.arg("--config").arg("/dev/null"),
+        };
+        let child = c.spawn().map_err(|e| format!("starting the clean: {e}"))?;
+        let code = self
+            .reaper
+            .wait(child.id() as i32, Duration::from_secs(24 * 3600))
+            .ok_or("the clean did not end")?;
+        Ok(format!("exit {code}"))
     }
 
     /// The main loop: signals and exits, until the registry is gone.
