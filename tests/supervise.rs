@@ -282,7 +282,7 @@ fn the_schedule_runs_the_configured_policy_and_collects_online() {
     assert!(text(&o).contains("61 * * * *"), "{}", text(&o));
 
     // Every 2 seconds: the policy file from the environment, as the image passes it.
-    let mut sup = supervise_with(
+    let sup = supervise_with(
         &h,
         &["--schedule", "*/2 * * * * *"],
         &[("REGCLEAN_POLICY", policy.to_str().unwrap())],
