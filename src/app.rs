@@ -118,8 +118,10 @@ fn online_cycle(settings: &Settings, report: &mut Report) {
     }
     args.push("--collector".into());
     args.push(
+        // The native collector unless the registry's is asked for by name: the store is
+        // served read-only meanwhile, and the native sweep is the short one.
         match gc.collector {
-            collect::CollectorChoice::Auto => "auto",
+            collect::CollectorChoice::Auto => "native",
             collect::CollectorChoice::Native => "native",
             collect::CollectorChoice::Registry => "registry",
         }
