@@ -106,6 +106,12 @@ fn online_cycle(settings: &Settings, report: &mut Report) {
             }
         }
     }
+    for (repo, tag) in &report.spare.tags {
+        args.extend(["--protect-tag".to_string(), format!("{repo}:{tag}")]);
+    }
+    for (repo, d) in &report.spare.manifests {
+        args.extend(["--keep-manifest".to_string(), format!("{repo}@{d}")]);
+    }
     let gc = &settings.gc;
     if gc.pruning == collect::Pruning::Keep && !args.iter().any(|a| a == "--keep-untagged") {
         args.push("--keep-untagged".into());
@@ -399,7 +405,8 @@ pub fn run(settings: &Settings) -> Result<Report> {
     for o in &inv.oddities {
         tracing::info!("odd entry {} ({:?}): {}", o.path, o.kind, o.detail);
     }
-    let mut plan = plan::plan(&inv, &settings.request, SystemTime::now());
+    let request = with_activity(&settings.request, &loc.root)?;
+    let mut plan = plan::plan(&inv, &request, SystemTime::now());
     if let Some(why) = &plan.over_limit {
         return Err(Error::Unsafe(why.clone()));
     }
@@ -509,9 +516,32 @@ pub fn run(settings: &Settings) -> Result<Report> {
         timings_ms: timer,
         exit_code: 0,
         supervisor: None,
+        spare: crate::report::Spare {
+            tags: plan.protected.clone(),
+            manifests: plan.pinned.clone(),
+        },
     };
     report.exit_code = report.exit(settings.missing).code();
     Ok(report)
+}
+
+/// The request with the supervisor's pull activity, when a policy asks for it. A policy with
+/// `pulled_within` or `keep_pulled_within` and no activity database is refused (exit 2):
+/// without the record every tag would look never pulled.
+fn with_activity(req: &plan::Request, root: &std::path::Path) -> Result<plan::Request> {
+    let mut req = req.clone();
+    if req.retention.as_ref().is_some_and(|p| p.uses_pulls()) {
+        match crate::activity::load(root).map_err(Error::Usage)? {
+            Some(p) => req.activity = Some(std::sync::Arc::new(p)),
+            None => {
+                return Err(Error::Usage(format!(
+                    "the policy uses pulled_within/keep_pulled_within, but no pull activity was recorded for this store ({} does not exist): run the registry under `regclean supervise`, which records every pull",
+                    crate::activity::path(root).display()
+                )))
+            }
+        }
+    }
+    Ok(req)
 }
 
 /// What the changing stages did.

@@ -143,6 +143,16 @@ pub struct Args {
     #[arg(long, value_name = "REPO", hide = true, requires = "gc_only")]
     pub prune_in: Vec<String>,
 
+    /// With --gc-only: keep this untagged manifest as if tagged (repeatable; REPO@DIGEST).
+    /// Used by the supervisor's cycle for a policy's `untagged: {keep_pulled_within}`.
+    #[arg(long, value_name = "REPO@DIGEST", hide = true, requires = "gc_only")]
+    pub keep_manifest: Vec<String>,
+
+    /// With --gc-only: a tag pruning never removes (repeatable; REPO:TAG). Used by the
+    /// supervisor's cycle for a policy file's `protect`.
+    #[arg(long, value_name = "REPO:TAG", hide = true, requires = "gc_only")]
+    pub protect_tag: Vec<String>,
+
     /// Write the run's outcome in Prometheus text format to FILE, atomically (last success
     /// timestamp, exit code, duration per phase, tags/manifests/blobs/bytes removed, findings),
     /// e.g. for node_exporter's textfile collector.
@@ -440,6 +450,23 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             },
             retention,
             prune_in: (!args.prune_in.is_empty()).then(|| args.prune_in.iter().cloned().collect()),
+            activity: None,
+            keep_manifests: args
+                .keep_manifest
+                .iter()
+                .filter_map(|s| {
+                    let (r, d) = s.split_once('@')?;
+                    Some((r.to_string(), crate::digest::Digest::parse(d.as_bytes())?))
+                })
+                .collect(),
+            protect_tags: args
+                .protect_tag
+                .iter()
+                .filter_map(|s| {
+                    let (r, t) = s.split_once(':')?;
+                    Some((r.to_string(), t.to_string()))
+                })
+                .collect(),
             attachments: if args.keep_attachments {
                 Attachments::Plain
             } else {

@@ -364,6 +364,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
                 referrers: s.referrers,
                 attachments: plan.attachments,
                 protected: &plan.protected,
+                pinned: &plan.pinned,
             },
         )
         .into_iter()

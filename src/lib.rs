@@ -4,6 +4,7 @@
 //! [`report`], run by [`app`]. Policy is pure ([`plan`], [`reach`]); everything that touches
 //! the disk goes through [`fsx`] directory handles.
 
+pub mod activity;
 pub mod app;
 pub mod apply;
 pub mod attach;

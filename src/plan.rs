@@ -38,6 +38,13 @@ pub struct Request {
     /// `--gc-only --prune-in REPO...`: pruning limited to these repositories (the
     /// supervisor's cycle for a run with a narrower scope).
     pub prune_in: Option<BTreeSet<String>>,
+    /// Pull activity recorded by the supervisor, for `pulled_within` rules (loaded by the
+    /// app once the root is known).
+    pub activity: Option<std::sync::Arc<crate::activity::Pulls>>,
+    /// `--gc-only --keep-manifest REPO@DIGEST`: untagged manifests kept from pruning.
+    pub keep_manifests: BTreeSet<(String, Digest)>,
+    /// `--gc-only --protect-tag REPO:TAG`: tags pruning never removes.
+    pub protect_tags: BTreeSet<(String, String)>,
 }
 
 /// A tag a retention policy keeps.
@@ -133,6 +140,10 @@ pub struct Plan {
     /// Tags the policy file's `protect` keeps from everything, pruning included.
     #[serde(skip)]
     pub protected: BTreeSet<(String, String)>,
+    /// Untagged manifests a policy's `untagged: {keep_pulled_within}` keeps from pruning
+    /// (pulled by digest recently), as (repository, digest).
+    #[serde(skip)]
+    pub pinned: BTreeSet<(String, Digest)>,
 }
 
 /// The repositories a run's pruning may touch.
@@ -250,9 +261,14 @@ pub fn plan(inv: &Inventory, req: &Request, now: SystemTime) -> Plan {
         };
         return out;
     }
-    if let (true, Some(repos)) = (req.targets.is_empty(), &req.prune_in) {
-        out.prune_scope = PruneScope::Repositories(repos.clone());
-        return out;
+    if req.targets.is_empty() && req.retention.is_none() {
+        // --gc-only, maybe for a supervisor's cycle: what the triggering run decided.
+        out.pinned = req.keep_manifests.clone();
+        out.protected = req.protect_tags.clone();
+        if let Some(repos) = &req.prune_in {
+            out.prune_scope = PruneScope::Repositories(repos.clone());
+            return out;
+        }
     }
     for ((repo_name, tag), reason) in &chosen {
         let repo = &inv.repos[inv
@@ -357,8 +373,22 @@ fn retain(
             }
             continue;
         };
-        if policy.untagged == Untagged::Delete {
-            prune_repos.insert(name.to_string());
+        match policy.untagged {
+            Untagged::Delete => {
+                prune_repos.insert(name.to_string());
+            }
+            Untagged::Keep => {}
+            Untagged::KeepPulledWithin(d) => {
+                prune_repos.insert(name.to_string());
+                let cutoff = now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH);
+                if let Some(a) = &req.activity {
+                    for r in &repo.revisions {
+                        if a.digest(name, r).is_some_and(|t| t >= cutoff) {
+                            out.pinned.insert((name.to_string(), *r));
+                        }
+                    }
+                }
+            }
         }
         let number = file.then_some(number);
         let keep = |t: &Tag, why: Kept, policy: Option<usize>| KeptTag {
@@ -399,7 +429,12 @@ fn retain(
             }
         }
         in_scope += cands.len();
-        let (remove, kept) = retention::decide(&cands, &policy.keep, now);
+        let pulled = |t: &Tag| {
+            req.activity
+                .as_ref()
+                .and_then(|a| a.tag(name, &t.name, t.current.digest()))
+        };
+        let (remove, kept) = retention::decide(&cands, &policy.keep, now, &pulled);
         for (t, why) in remove {
             out.removals.push(Removal {
                 repo: repo.name.clone(),
@@ -656,6 +691,9 @@ mod tests {
                 scope,
                 attachments: Attachments::Follow,
                 prune_in: None,
+                activity: None,
+                keep_manifests: BTreeSet::new(),
+                protect_tags: BTreeSet::new(),
             },
             SystemTime::UNIX_EPOCH,
         )
@@ -760,6 +798,9 @@ mod tests {
                 scope: Scope::All,
                 attachments,
                 prune_in: None,
+                activity: None,
+                keep_manifests: BTreeSet::new(),
+                protect_tags: BTreeSet::new(),
             },
             SystemTime::UNIX_EPOCH,
         )

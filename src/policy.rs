@@ -65,14 +65,58 @@ pub struct Policy {
 }
 
 /// A policy's `untagged:` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Untagged {
     /// Prune them (default).
     #[default]
     Delete,
     /// Leave them (digest-pinned deployments).
     Keep,
+    /// Prune them, except those pulled by digest within this duration (digest-pinned
+    /// deployments that still pull; needs the supervisor's pull activity).
+    KeepPulledWithin(Duration),
+}
+
+/// `untagged: delete | keep | {keep_pulled_within: D}`, read by a visitor so that an error
+/// carries the line of the value itself.
+impl<'de> Deserialize<'de> for Untagged {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Untagged, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Untagged;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("delete, keep or {keep_pulled_within: DURATION}")
+            }
+            fn visit_str<E: serde::de::Error>(self, w: &str) -> Result<Untagged, E> {
+                match w {
+                    "delete" => Ok(Untagged::Delete),
+                    "keep" => Ok(Untagged::Keep),
+                    _ => Err(E::custom(format!(
+                        "untagged: unknown variant `{w}`, expected delete, keep or {{keep_pulled_within: DURATION}}"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Untagged, A::Error> {
+                use serde::de::Error;
+                let mut out = None;
+                while let Some(k) = m.next_key::<String>()? {
+                    if k != "keep_pulled_within" || out.is_some() {
+                        return Err(A::Error::custom(format!(
+                            "untagged: unknown or repeated key `{k}` (expected keep_pulled_within)"
+                        )));
+                    }
+                    let v: String = m.next_value()?;
+                    out = Some(parse_duration("keep_pulled_within", &v).map_err(A::Error::custom)?);
+                }
+                out.map(Untagged::KeepPulledWithin)
+                    .ok_or_else(|| A::Error::custom("untagged: {} needs keep_pulled_within"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `limits:`. A run over the limit is refused (exit 3) before any change.
@@ -143,6 +187,14 @@ impl Policies {
                     && !p.exclude.iter().any(|m| m.matches(name))
             })
             .map(|(i, p)| (i + 1, p))
+    }
+
+    /// Does any rule need pull activity (`pulled_within`, `keep_pulled_within`)?
+    pub fn uses_pulls(&self) -> bool {
+        self.policies.iter().any(|p| {
+            matches!(p.untagged, Untagged::KeepPulledWithin(_))
+                || p.keep.iter().any(|r| matches!(r, Rule::PulledWithin(_)))
+        })
     }
 
     /// The `protect` pattern that covers `repo:tag`, if any.
@@ -238,6 +290,7 @@ struct RawKeep {
     order: Option<Order>,
     tags: Option<String>,
     pushed_within: Option<String>,
+    pulled_within: Option<String>,
 }
 
 /// One keep rule, validated where it is read.
@@ -248,31 +301,45 @@ struct KeepEntry(Rule);
 impl TryFrom<RawKeep> for KeepEntry {
     type Error = String;
     fn try_from(k: RawKeep) -> Result<Self, String> {
-        let rule = match (k.last, k.tags, k.pushed_within) {
-            (Some(0), None, None) => {
+        let given = [
+            k.last.is_some(),
+            k.tags.is_some(),
+            k.pushed_within.is_some(),
+            k.pulled_within.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if given != 1 {
+            return Err(if given == 0 {
+                "a keep rule needs one of last, tags, pushed_within, pulled_within".into()
+            } else {
+                "a keep rule has exactly one of last, tags, pushed_within, pulled_within (write several rules)".into()
+            });
+        }
+        let rule = if let Some(n) = k.last {
+            if n == 0 {
                 return Err(
                     "last: 0 would keep nothing (to remove every tag, name 'REPO:*' as a target)"
                         .into(),
-                )
+                );
             }
-            (Some(n), None, None) => Rule::Last {
+            Rule::Last {
                 n,
                 order: k.order.unwrap_or_default(),
-            },
-            (None, Some(re), None) => Rule::Tags(regex::Regex::new(&re).map_err(|e| {
+            }
+        } else if let Some(re) = k.tags {
+            Rule::Tags(regex::Regex::new(&re).map_err(|e| {
                 format!(
                     "tags: invalid regex '{re}': {}",
                     e.to_string().lines().last().unwrap_or("")
                 )
-            })?),
-            (None, None, Some(d)) => Rule::PushedWithin(parse_duration(&d)?),
-            (None, None, None) => {
-                return Err("a keep rule needs one of last, tags, pushed_within".into())
-            }
-            _ => return Err(
-                "a keep rule has exactly one of last, tags, pushed_within (write several rules)"
-                    .into(),
-            ),
+            })?)
+        } else if let Some(d) = k.pushed_within {
+            Rule::PushedWithin(parse_duration("pushed_within", &d)?)
+        } else {
+            let d = k.pulled_within.unwrap_or_default();
+            Rule::PulledWithin(parse_duration("pulled_within", &d)?)
         };
         if k.order.is_some() && !matches!(rule, Rule::Last { .. }) {
             return Err("order applies to a last rule only".into());
@@ -281,12 +348,12 @@ impl TryFrom<RawKeep> for KeepEntry {
     }
 }
 
-fn parse_duration(d: &str) -> Result<Duration, String> {
+fn parse_duration(key: &str, d: &str) -> Result<Duration, String> {
     match humantime::parse_duration(d) {
         Ok(x) if !x.is_zero() => Ok(x),
-        Ok(_) => Err(format!("pushed_within: '{d}' is zero")),
+        Ok(_) => Err(format!("{key}: '{d}' is zero")),
         Err(e) => Err(format!(
-            "pushed_within: invalid duration '{d}': {e} (examples: 30d, 12h, 2w)"
+            "{key}: invalid duration '{d}': {e} (examples: 30d, 12h, 2w)"
         )),
     }
 }
@@ -437,6 +504,17 @@ policies:                               # the FIRST policy whose repositories ma
             assert!(!e.contains('\n'), "one line: {e}");
         }
         assert!(err("version: 2\npolicies: []\n").contains("version: 2"));
+        let p = Policies::parse(
+            "version: 1\npolicies:\n  - repositories: [a]\n    keep: [{pulled_within: 30d}]\n    untagged: {keep_pulled_within: 7d}\n",
+        )
+        .unwrap();
+        assert!(p.uses_pulls());
+        assert_eq!(
+            p.policies[0].untagged,
+            Untagged::KeepPulledWithin(Duration::from_secs(7 * 86_400))
+        );
+        assert!(!Policies::parse(EXAMPLE).unwrap().uses_pulls());
+        assert!(err("version: 1\npolicies:\n  - repositories: [a]\n    keep: [{last: 1}]\n    untagged: {keep_pulled_within: soon}\n").contains("keep_pulled_within"));
         assert!(
             err("version: 1\nlimits: {max_delete_percent: 130}\npolicies: []\n")
                 .contains("not a percentage")

@@ -67,6 +67,9 @@ pub struct Rules<'a> {
     pub attachments: Attachments,
     /// Tags nothing removes (the policy file's `protect`), as (repository, tag).
     pub protected: &'a BTreeSet<(String, String)>,
+    /// Untagged manifests kept as if tagged (`untagged: {keep_pulled_within}`), as
+    /// (repository, digest).
+    pub pinned: &'a BTreeSet<(String, Digest)>,
 }
 
 impl Rules<'_> {
@@ -74,10 +77,12 @@ impl Rules<'_> {
     /// must never be swept).
     pub fn all_tags(referrers: Referrers) -> Rules<'static> {
         static NONE: BTreeSet<(String, String)> = BTreeSet::new();
+        static NO_PINS: BTreeSet<(String, Digest)> = BTreeSet::new();
         Rules {
             referrers,
             attachments: Attachments::Plain,
             protected: &NONE,
+            pinned: &NO_PINS,
         }
     }
 }
@@ -102,6 +107,12 @@ pub fn kept_manifests(repo: &Repo, db: &Db, rules: Rules) -> (HashSet<Digest>, V
             _ => stack.extend(t.current.digest()),
         }
     }
+    stack.extend(
+        rules
+            .pinned
+            .range((repo.name.clone(), Digest([0; 32]))..=(repo.name.clone(), Digest([255; 32])))
+            .map(|(_, d)| *d),
+    );
     let mut kept = HashSet::new();
     loop {
         while let Some(d) = stack.pop() {
@@ -476,10 +487,12 @@ mod tests {
     }
 
     fn follow(protected: &BTreeSet<(String, String)>) -> Rules<'_> {
+        static NO_PINS: BTreeSet<(String, Digest)> = BTreeSet::new();
         Rules {
             referrers: Referrers::Keep,
             attachments: Attachments::Follow,
             protected,
+            pinned: &NO_PINS,
         }
     }
 

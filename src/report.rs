@@ -10,7 +10,7 @@ use crate::plan::{KeptTag, Missing, What};
 use crate::scan::Oddity;
 use crate::trash::Deleted;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 /// Per repository, its report lines.
@@ -59,6 +59,20 @@ pub struct Report {
     /// [`crate::supervise`]), or its error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supervisor: Option<serde_json::Value>,
+    /// What pruning had to spare (protected tags, pinned untagged manifests): passed on to a
+    /// supervisor's cycle, which prunes later in another process.
+    #[serde(skip)]
+    pub spare: Spare,
+}
+
+/// What pruning must spare: protected tags (repository, tag) and pinned untagged manifests
+/// (repository, digest).
+#[derive(Debug, Default)]
+pub struct Spare {
+    /// Tags the policy file's `protect` covers.
+    pub tags: BTreeSet<(String, String)>,
+    /// Untagged manifests `keep_pulled_within` keeps.
+    pub manifests: BTreeSet<(String, Digest)>,
 }
 
 impl Report {

@@ -60,6 +60,9 @@ pub enum Rule {
     Tags(Regex),
     /// Keep tags pushed within this duration of `now`.
     PushedWithin(Duration),
+    /// Keep tags pulled (by name, or their manifest by digest) within this duration of `now`,
+    /// as recorded by the supervisor ([`crate::activity`]).
+    PulledWithin(Duration),
 }
 
 /// Why a tag stays.
@@ -88,6 +91,11 @@ pub enum Kept {
         /// The rule's duration, as humantime prints it.
         within: String,
     },
+    /// It was pulled within a `pulled_within` rule.
+    Pulled {
+        /// The rule's duration, as humantime prints it.
+        within: String,
+    },
     /// No push time (missing `current/link`).
     UnknownAge,
     /// An attachment (signature, attestation, SBOM, referrers index): it stays while its
@@ -109,6 +117,7 @@ impl std::fmt::Display for Kept {
             } => write!(f, "newest #{rank}"),
             Kept::Newest { rank, order } => write!(f, "#{rank} by {order}"),
             Kept::Recent { within } => write!(f, "pushed within {within}"),
+            Kept::Pulled { within } => write!(f, "pulled within {within}"),
             Kept::UnknownAge => f.write_str("push time unknown (no current/link)"),
             Kept::Attachment { subject } => {
                 write!(f, "attachment of {}, stays with it", short(subject))
@@ -126,11 +135,16 @@ pub type Removed<'a> = Vec<(&'a Tag, String)>;
 /// Tags kept, each with why.
 pub type Retained<'a> = Vec<(&'a Tag, Kept)>;
 
-/// The decision for one repository's candidate tags under `rules`.
+/// When a tag was last pulled (by name or by its manifest's digest), if known.
+pub type PulledAt<'a> = &'a dyn Fn(&Tag) -> Option<SystemTime>;
+
+/// The decision for one repository's candidate tags under `rules`; `pulled` answers
+/// `pulled_within` rules.
 pub fn decide<'a>(
     tags: &[&'a Tag],
     rules: &[Rule],
     now: SystemTime,
+    pulled: PulledAt,
 ) -> (Removed<'a>, Retained<'a>) {
     let mut kept = Vec::new();
     let mut counted: Vec<&Tag> = Vec::new();
@@ -175,6 +189,16 @@ pub fn decide<'a>(
                     }
                 }
             }
+            Rule::PulledWithin(d) => {
+                let cutoff = now.checked_sub(*d).unwrap_or(SystemTime::UNIX_EPOCH);
+                for (i, t) in counted.iter().enumerate() {
+                    if pulled(t).is_some_and(|p| p >= cutoff) {
+                        why[i].get_or_insert(Kept::Pulled {
+                            within: humantime::format_duration(*d).to_string(),
+                        });
+                    }
+                }
+            }
         }
     }
     let reason = removal_reason(rules);
@@ -199,6 +223,10 @@ fn removal_reason(rules: &[Rule]) -> String {
             } => Some(format!("beyond the {n} newest")),
             Rule::Last { n, order } => Some(format!("beyond the first {n} by {order}")),
             Rule::PushedWithin(d) => Some(format!("older than {}", humantime::format_duration(*d))),
+            Rule::PulledWithin(d) => Some(format!(
+                "not pulled within {}",
+                humantime::format_duration(*d)
+            )),
             Rule::Tags(_) => None,
         })
         .collect();
@@ -287,7 +315,7 @@ mod tests {
 
     fn run(tags: &[Tag], rules: &[Rule]) -> (Vec<String>, Vec<(String, Kept)>) {
         let refs: Vec<&Tag> = tags.iter().collect();
-        let (rm, kept) = decide(&refs, rules, now());
+        let (rm, kept) = decide(&refs, rules, now(), &|_| None);
         let mut rm: Vec<String> = rm.into_iter().map(|(t, _)| t.name.clone()).collect();
         rm.sort();
         let mut kept: Vec<(String, Kept)> =
@@ -509,5 +537,34 @@ mod tests {
             }
         )));
         assert!(kept.contains(&("build-5".into(), newest(1))));
+    }
+}
+
+#[cfg(test)]
+mod pulled_tests {
+    use super::*;
+    use crate::digest::{Digest, Link};
+
+    #[test]
+    fn pulled_within_keeps_tags_pulled_recently_whatever_their_age() {
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::UNIX_EPOCH + 1000 * day;
+        let tag = |name: &str| Tag {
+            name: name.into(),
+            current: Link::Ok(Digest([1; 32])),
+            pushed: Some(now - 500 * day),
+            history: vec![],
+        };
+        let (a, b, c) = (tag("a"), tag("b"), tag("c"));
+        let pulled = |t: &Tag| match t.name.as_str() {
+            "a" => Some(now - 2 * day),
+            "b" => Some(now - 60 * day),
+            _ => None,
+        };
+        let (rm, kept) = decide(&[&a, &b, &c], &[Rule::PulledWithin(30 * day)], now, &pulled);
+        let rm: Vec<&str> = rm.iter().map(|(t, _)| t.name.as_str()).collect();
+        assert_eq!(rm, ["b", "c"]);
+        assert_eq!(kept.len(), 1);
+        assert!(matches!(kept[0].1, Kept::Pulled { .. }));
     }
 }

@@ -313,3 +313,143 @@ fn the_schedule_runs_the_configured_policy_and_collects_online() {
     )
     .unwrap();
 }
+
+/// A stand-in for the user's own notification endpoint: counts the POSTs it gets.
+fn user_endpoint() -> (u16, Arc<AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let posts = Arc::new(AtomicUsize::new(0));
+    let p = posts.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { continue };
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let mut w = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                loop {
+                    let mut len = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    let _ = r.read_exact(&mut body);
+                    p.fetch_add(1, Ordering::SeqCst);
+                    let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (port, posts)
+}
+
+#[test]
+fn pulled_within_keeps_a_pulled_tag_and_a_pulled_digest_and_removes_the_unpulled() {
+    if !e2e_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let port = free_port();
+    let mut h = Registry::external(port, &root);
+    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    let (user_port, posts) = user_endpoint();
+    let mut cfg = std::fs::read_to_string(&h.config).unwrap();
+    cfg.push_str(&format!(
+        "notifications:\n  endpoints:\n    - name: audit\n      url: http://127.0.0.1:{user_port}/events\n      timeout: 2s\n      threshold: 5\n      backoff: 1s\n"
+    ));
+    std::fs::write(&h.config, cfg).unwrap();
+    let policy = h.tmp.path().join("policy.yml");
+    std::fs::write(
+        &policy,
+        "version: 1\npolicies:\n  - repositories: [app]\n    keep: [{last: 1}, {pulled_within: 30d}]\n    untagged: {keep_pulled_within: 30d}\n",
+    )
+    .unwrap();
+    // Without recorded activity such a policy is refused (exit 2), nothing changed.
+    std::fs::create_dir_all(root.join("docker/registry/v2/repositories")).unwrap();
+    let before = full_snapshot(&root);
+    let o = h.regclean(&["--policy", policy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("regclean supervise"), "{}", text(&o));
+    assert_same(
+        &before,
+        &full_snapshot(&root),
+        "refused for lack of activity",
+    );
+
+    let _sup = supervise(&h);
+    let img = |s: &str| oci_image(&[s.as_bytes()]);
+    h.push(&img("pulled"), "app:old-pulled");
+    h.push(&img("unpulled"), "app:old-unpulled");
+    h.push(&img("newest"), "app:new");
+    pushed(&root, "app", "old-pulled", 100);
+    pushed(&root, "app", "old-unpulled", 90);
+    // Two untagged manifests: one still pulled by digest (a pinned deployment), one not.
+    let pinned = img("pinned deployment");
+    let stale = img("stale untagged");
+    for (i, m) in [&pinned, &stale].iter().enumerate() {
+        let t = format!("tmp{i}");
+        h.push(m, &format!("app:{t}"));
+        std::fs::remove_dir_all(repo_path(&root, &format!("app/_manifests/tags/{t}"))).unwrap();
+    }
+    // A deployment pinned by digest pulls its manifest by digest (a plain GET: what kubelet
+    // does first).
+    h.assert_pull(&["app:old-pulled"]);
+    let by_digest = format!("/v2/app/manifests/{}", pinned.digest);
+    assert_eq!(h.get(&by_digest).unwrap().0, 200);
+    // The registry notifies asynchronously: wait for both pulls to be recorded.
+    let t = Instant::now();
+    loop {
+        let a = regclean::activity::load(&root).unwrap();
+        let d = regclean::digest::Digest::parse(pinned.digest.as_bytes()).unwrap();
+        if a.as_ref().is_some_and(|a| {
+            a.tag("app", "old-pulled", None).is_some() && a.digest("app", &d).is_some()
+        }) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "pulls not recorded: {}",
+            log_of(&h)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let o = h.regclean(&["--policy", policy.to_str().unwrap(), "--dry-run"]);
+    assert!(
+        text(&o).contains("keep tag old-pulled [policy 1: pulled within 30days]"),
+        "{}",
+        text(&o)
+    );
+    let o = h.regclean(&["--policy", policy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), log_of(&h));
+    assert_eq!(tags_of(&root, "app"), ["new", "old-pulled"]);
+    h.assert_pull(&["app:new", "app:old-pulled"]);
+    assert_eq!(
+        h.get(&by_digest).unwrap().0,
+        200,
+        "the pinned deployment stays"
+    );
+    h.assert_gone(&["app:old-unpulled"]);
+    let (status, _) = h
+        .get(&format!("/v2/app/manifests/{}", stale.digest))
+        .unwrap();
+    assert_eq!(status, 404, "the untagged manifest nobody pulls is pruned");
+    assert!(!blob_exists(&root, &sha(b"stale untagged")));
+    assert!(
+        posts.load(Ordering::SeqCst) > 0,
+        "the user's own endpoint still gets events"
+    );
+}

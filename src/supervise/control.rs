@@ -37,7 +37,7 @@ pub fn allowed(args: &[String]) -> Result<(), String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--keep-untagged" | "--prune-referrers" | "--keep-attachments" => {}
-            "--collector" | "--prune-in" => {
+            "--collector" | "--prune-in" | "--keep-manifest" | "--protect-tag" => {
                 if it.next().is_none() {
                     return Err(format!("{a} needs a value"));
                 }
@@ -48,8 +48,9 @@ pub fn allowed(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `.regclean` opened as a directory without following a symlink there.
-fn state_dir(root: &Path, create: bool) -> std::io::Result<OwnedFd> {
+/// `.regclean` opened as a directory without following a symlink there (created, owner-only,
+/// with `create`).
+pub fn state_dir(root: &Path, create: bool) -> std::io::Result<OwnedFd> {
     let dir = root.join(STATE_DIR);
     if create {
         match std::fs::create_dir(&dir) {

@@ -22,6 +22,7 @@
 
 pub mod child;
 pub mod control;
+pub mod events;
 pub mod proxy;
 
 use crate::config;
@@ -216,6 +217,26 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
             "REGISTRY_HTTP_DRAINTIMEOUT".to_string(),
             format!("{}s", drain.as_secs().max(1)),
         ));
+    }
+    // Pull activity: the registry notifies us of every manifest pull.
+    let user_endpoints = match std::env::var("REGISTRY_NOTIFICATIONS_ENDPOINTS") {
+        Ok(v) => serde_yaml_ng::from_str(&v).ok(),
+        Err(_) => cfg
+            .as_ref()
+            .and_then(|c| config::get(&c.yaml, &["notifications", "endpoints"]))
+            .cloned(),
+    };
+    match control::state_dir(&loc.root, true)
+        .map_err(|e| e.to_string())
+        .and_then(|_| events::start(&loc.root))
+    {
+        Ok(addr) => child_env.push((
+            "REGISTRY_NOTIFICATIONS_ENDPOINTS".to_string(),
+            events::endpoints(user_endpoints, addr),
+        )),
+        Err(e) => tracing::warn!(
+            "not recording pull activity (policies with pulled_within will be refused): {e}"
+        ),
     }
     let signals = SignalFd::new(&SigSet::thread_get_mask().map_err(|e| e.to_string())?)
         .map_err(|e| format!("signalfd: {e}"))?;
