@@ -4,41 +4,11 @@
 
 mod common;
 use common::*;
-use std::path::Path;
 
 const BASE: &[u8] = b"shared base layer for the gc tests";
 
-fn blob_exists(root: &Path, digest: &str) -> bool {
-    let hex = &digest[7..];
-    root.join(format!(
-        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    ))
-    .exists()
-}
-
 fn json(o: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
-}
-
-/// A referrer (e.g. a signature) of manifest `subject`, pushed untagged: skopeo needs a tag,
-/// so push under a temporary one and remove that tag directory, as a push by digest leaves it.
-fn push_referrer(r: &Registry, repo: &str, subject: &str, subject_size: usize) -> ImageDir {
-    let mut b = Builder::new();
-    let m = b.image("amd64", &[b"signature payload"], false);
-    let m = m.replacen(
-        r#""layers""#,
-        &format!(r#""subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":{subject_size}}},"layers""#),
-        1,
-    );
-    let img = b.finish(&m);
-    r.push(&img, &format!("{repo}:tmp-referrer"));
-    std::fs::remove_dir_all(repo_path(
-        &r.root,
-        &format!("{repo}/_manifests/tags/tmp-referrer"),
-    ))
-    .unwrap();
-    img
 }
 
 struct World {

@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::Duration;
 
 const BASE: &[u8] = b"shared base layer for the go json tests";
@@ -65,15 +64,6 @@ fn child_desc(img: &ImageDir) -> String {
         r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{len}}}"#,
         img.digest
     )
-}
-
-fn blob_exists(root: &Path, digest: &str) -> bool {
-    let hex = &digest[7..];
-    root.join(format!(
-        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    ))
-    .exists()
 }
 
 fn json(o: &std::process::Output) -> serde_json::Value {

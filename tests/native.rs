@@ -224,25 +224,6 @@ fn native_sweep_equals_the_registrys_on_generated_stores() {
 
 const BASE: &[u8] = b"shared base layer for the native gc tests";
 
-/// A referrer of manifest `subject`, pushed untagged (see tests/e2e_gc.rs).
-fn push_referrer(r: &Registry, repo: &str, subject: &str, subject_size: usize) -> ImageDir {
-    let mut b = Builder::new();
-    let m = b.image("amd64", &[b"signature payload"], false);
-    let m = m.replacen(
-        r#""layers""#,
-        &format!(r#""subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":{subject_size}}},"layers""#),
-        1,
-    );
-    let img = b.finish(&m);
-    r.push(&img, &format!("{repo}:tmp-referrer"));
-    std::fs::remove_dir_all(repo_path(
-        &r.root,
-        &format!("{repo}/_manifests/tags/tmp-referrer"),
-    ))
-    .unwrap();
-    img
-}
-
 struct World {
     r: Registry,
     app_v1: ImageDir,

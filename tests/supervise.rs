@@ -4,20 +4,10 @@
 
 mod common;
 use common::*;
-use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn blob_exists(root: &Path, digest: &str) -> bool {
-    let hex = &digest[7..];
-    root.join(format!(
-        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    ))
-    .exists()
-}
 
 /// Starts `regclean supervise -- docker-registry serve CONFIG` fronting `port`; waits until
 /// the registry answers through it.
@@ -63,6 +53,17 @@ fn supervise_with(h: &Registry, opts: &[&str], env: &[(&str, &str)]) -> Sup {
     panic!("the supervisor did not serve: {}", log_of(h));
 }
 
+/// An empty storage root and a registry handle (config written, nothing started) for it.
+fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Registry) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let port = free_port();
+    let mut h = Registry::external(port, &root);
+    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    (tmp, root, h)
+}
+
 fn log_of(h: &Registry) -> String {
     std::fs::read_to_string(h.tmp.path().join("supervisor.log")).unwrap_or_default()
 }
@@ -72,12 +73,8 @@ fn online_collection_frees_the_disk_with_zero_failed_pulls_and_a_repush_pulls_ag
     if !e2e_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let port = free_port();
-    let mut h = Registry::external(port, &root);
-    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    let (_tmp, root, h) = fresh();
+    let port = h.port;
     let mut sup = supervise(&h);
 
     let v1 = oci_image(&[b"supervised base", b"app v1 own layer"]);
@@ -203,12 +200,7 @@ fn a_registry_child_that_dies_stops_the_supervisor_with_its_status() {
     if !e2e_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let port = free_port();
-    let mut h = Registry::external(port, &root);
-    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    let (_tmp, _root, h) = fresh();
     let mut sup = supervise(&h);
     let kids = children_of(sup.0.id());
     assert_eq!(kids.len(), 1, "one registry child: {kids:?}");
@@ -253,12 +245,7 @@ fn the_schedule_runs_the_configured_policy_and_collects_online() {
     if !e2e_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let port = free_port();
-    let mut h = Registry::external(port, &root);
-    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    let (_tmp, root, h) = fresh();
     let policy = h.tmp.path().join("policy.yml");
     std::fs::write(
         &policy,
@@ -359,12 +346,7 @@ fn pulled_within_keeps_a_pulled_tag_and_a_pulled_digest_and_removes_the_unpulled
     if !e2e_available() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let port = free_port();
-    let mut h = Registry::external(port, &root);
-    h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
+    let (_tmp, root, h) = fresh();
     let (user_port, posts) = user_endpoint();
     let mut cfg = std::fs::read_to_string(&h.config).unwrap();
     cfg.push_str(&format!(
