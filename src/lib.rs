@@ -1,37 +1,35 @@
 //! regclean: the safe, fast, filesystem-native cleaner for the CNCF Distribution registry.
 //!
-//! Pipeline: [`cli`] → [`config`] → [`scan`] → [`plan`] → [`apply`] → [`collect`] →
-//! [`report`], run by [`app`]. Policy is pure ([`plan`], [`reach`]); everything that touches
-//! the disk goes through [`fsx`] directory handles.
+//! The tree is the pipeline, one folder a stage, run by [`app`]:
+//!
+//! | stage | folder | modules |
+//! | --- | --- | --- |
+//! | what the user asked | `input/` | [`cli`] (arguments → settings), [`config`] (root and registry config), [`names`] and [`target`] (grammar, patterns), [`policy`] (policy files) |
+//! | what the store holds | `inventory/` | [`scan`] (parallel inventory), [`blobs`], [`manifest`] (read as Go reads them), [`digest`] |
+//! | what to do (pure) | `decide/` | [`plan`], [`retention`], [`attach`] (attachments), [`reach`] (reachability, pruning, predicted sweep), [`hazard`] |
+//! | changing the store | `change/` | [`apply`] (removal), [`trash`] (atomic, crash-safe), [`lock`], [`fsx`] (directory handles) |
+//! | freeing the disk | `collection/` | [`collect`] (the gc stage), [`gc`] (the registry's collector), [`live`] (serving registries), [`activity`] (pull times) |
+//! | telling what happened | `output/` | [`report`], [`check`], [`metrics`], [`timing`], [`progress`] |
+//! | the registry that cleans itself | `supervise/` | [`supervise`] (PID 1, proxy, control socket, events) |
+//!
+//! Policy is pure ([`plan`], [`reach`]); everything that touches the disk goes through [`fsx`]
+//! directory handles. The stage folders are re-exported flat (`crate::plan`, not
+//! `crate::decide::plan`), so a module's path does not depend on where it sits.
 
-pub mod activity;
 pub mod app;
-pub mod apply;
-pub mod attach;
-pub mod blobs;
-pub mod check;
-pub mod cli;
-pub mod collect;
-pub mod config;
-pub mod digest;
+pub mod change;
+pub mod collection;
+pub mod decide;
 pub mod error;
 pub mod exit;
-pub mod fsx;
-pub mod gc;
-pub mod hazard;
-pub mod live;
-pub mod lock;
-pub mod manifest;
-pub mod metrics;
-pub mod names;
-pub mod plan;
-pub mod policy;
-pub mod progress;
-pub mod reach;
-pub mod report;
-pub mod retention;
-pub mod scan;
+pub mod input;
+pub mod inventory;
+pub mod output;
 pub mod supervise;
-pub mod target;
-pub mod timing;
-pub mod trash;
+
+pub use change::{apply, fsx, lock, trash};
+pub use collection::{activity, collect, gc, live};
+pub use decide::{attach, hazard, plan, reach, retention};
+pub use input::{cli, config, names, policy, target};
+pub use inventory::{blobs, digest, manifest, scan};
+pub use output::{check, metrics, progress, report, timing};
