@@ -132,8 +132,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE", env = "REGCLEAN_POLICY")]
     pub policy: Option<PathBuf>,
 
-    /// Attachments (cosign's sha256-<digest>.sig/.att/.sbom tags, OCI referrers fallback
-    /// tags sha256-<digest>) are plain tags: they count toward retention and stay until
+    /// Attachments (cosign's sha256-DIGEST.sig/.att/.sbom tags, OCI referrers fallback
+    /// tags sha256-DIGEST) are plain tags: they count toward retention and stay until
     /// removed. By default they never count, stay with their subject and go with it.
     #[arg(long, env = "REGCLEAN_KEEP_ATTACHMENTS")]
     pub keep_attachments: bool,
