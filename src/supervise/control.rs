@@ -92,13 +92,27 @@ pub fn bind(root: &Path) -> std::io::Result<(UnixListener, OwnedFd)> {
     Ok((l, fd))
 }
 
-/// Serves requests one at a time, each answered by `cycle`.
-pub fn serve(l: UnixListener, cycle: impl Fn(Request) -> serde_json::Value) {
+/// Serves requests, each on its own thread and answered by `cycle` (which serialises the
+/// cycles themselves). A client that sends nothing is dropped after 10 s instead of blocking
+/// everyone after it.
+pub fn serve(
+    l: UnixListener,
+    cycle: impl Fn(Request) -> serde_json::Value + Send + Sync + 'static,
+) {
+    let cycle = std::sync::Arc::new(cycle);
     for conn in l.incoming() {
-        let Ok(mut conn) = conn else { continue };
+        let Ok(conn) = conn else { continue };
+        let cycle = std::sync::Arc::clone(&cycle);
+        std::thread::spawn(move || answer(conn, &*cycle));
+    }
+}
+
+fn answer(mut conn: UnixStream, cycle: &dyn Fn(Request) -> serde_json::Value) {
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    {
         let mut line = String::new();
         if BufReader::new(&conn).read_line(&mut line).is_err() {
-            continue;
+            return;
         }
         let reply = match serde_json::from_str::<Request>(&line) {
             Ok(r) => match allowed(&r.args) {

@@ -116,10 +116,13 @@ pub fn pulls_of(body: &[u8], now: SystemTime) -> Vec<Pull> {
                 return None;
             }
             let digest = Digest::parse(t["digest"].as_str()?.as_bytes())?;
+            // The registry writes local time with its offset: honour it; never in the future.
             let at = e["timestamp"]
                 .as_str()
-                .and_then(|s| humantime::parse_rfc3339_weak(s.get(..19)?).ok())
-                .unwrap_or(now);
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(SystemTime::from)
+                .unwrap_or(now)
+                .min(now);
             Some(Pull {
                 repo: t["repository"].as_str()?.to_string(),
                 digest,
@@ -148,15 +151,23 @@ mod tests {
             {{"action":"pull","target":{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{d}","repository":"x"}}}}
             ]}}"#
         );
-        let now = SystemTime::UNIX_EPOCH;
+        let now = humantime::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
         let p = pulls_of(body.as_bytes(), now);
         assert_eq!(p.len(), 2, "{p:?}");
         assert_eq!(p[0].repo, "team/app");
         assert_eq!(p[0].tag.as_deref(), Some("v1"));
         assert_eq!(
             p[0].at,
-            humantime::parse_rfc3339("2026-12-05T06:00:00Z").unwrap()
+            humantime::parse_rfc3339("2026-12-05T06:00:00.123456Z").unwrap()
         );
+        // A local time with its offset is the same instant; a time ahead of now is now.
+        let local = body.replace(
+            "2026-12-05T06:00:00.123456Z",
+            "2026-12-05T15:00:00.123456+09:00",
+        );
+        assert_eq!(pulls_of(local.as_bytes(), now)[0].at, p[0].at);
+        let early = humantime::parse_rfc3339("2020-01-01T00:00:00Z").unwrap();
+        assert_eq!(pulls_of(body.as_bytes(), early)[0].at, early);
         assert_eq!(p[1].tag, None);
         assert_eq!(p[1].at, now);
         assert!(pulls_of(b"not json", now).is_empty());

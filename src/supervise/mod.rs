@@ -20,6 +20,14 @@
 //! the supervisor stops and exits with the child's status, so the container's restart policy
 //! restarts both (a registry that crashes is not silently restarted behind the operator).
 
+/// A line on stderr, never a panic: PID 1 must not die because its log pipe closed.
+macro_rules! say {
+    ($($a:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "regclean supervise: {}", format_args!($($a)*));
+    }};
+}
+
 pub mod child;
 pub mod control;
 pub mod events;
@@ -118,6 +126,9 @@ struct Supervisor {
 
 #[derive(Default)]
 struct State {
+    /// The exit code to use instead of the registry's (a cycle that could not bring writable
+    /// service back).
+    fatal: Option<i32>,
     /// The child the proxy sends new connections to: "the registry".
     active: i32,
     /// Children being stopped on purpose (their exit is not a crash).
@@ -152,14 +163,23 @@ pub fn main(args: Vec<OsString>) -> i32 {
     ] {
         mask.add(s);
     }
+    // As Go programs do (the registry among them): the soft descriptor limit up to the hard
+    // one. Each relayed connection holds several descriptors; 1024 (Docker's default soft
+    // limit) would lock clients out at about a hundred connections.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     if let Err(e) = mask.thread_block() {
-        eprintln!("regclean supervise: blocking signals: {e}");
+        say!("blocking signals: {e}");
         return 1;
     }
     match start(args) {
         Ok((sup, signals)) => sup.run(signals),
         Err(e) => {
-            eprintln!("regclean supervise: {e}");
+            say!("{e}");
             2
         }
     }
@@ -202,8 +222,12 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
         .as_deref()
         .filter(|s| !s.trim().is_empty())
         .map(|s| {
-            s.parse::<croner::Cron>()
-                .map_err(|e| format!("--schedule/REGCLEAN_SCHEDULE '{s}': {e}"))
+            let c = s
+                .parse::<croner::Cron>()
+                .map_err(|e| format!("--schedule/REGCLEAN_SCHEDULE '{s}': {e}"))?;
+            c.find_next_occurrence(&chrono::Utc::now(), false)
+                .map_err(|_| format!("--schedule/REGCLEAN_SCHEDULE '{s}' names no future time"))?;
+            Ok::<_, String>(c)
         })
         .transpose()?;
     // Children share one HTTP secret (an upload started on one child continues on the next)
@@ -275,12 +299,32 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     std::thread::spawn(move || p.serve(listener));
     match control::bind(&sup.root) {
         Ok((l, fd)) => {
+            // Cycles run on one long-lived worker thread, not on the connection's: children
+            // get PR_SET_PDEATHSIG, which Linux sends when the *thread* that spawned them
+            // ends — a fresh registry spawned by a finished connection thread would be
+            // stopped at once.
+            type Job = (Vec<String>, std::sync::mpsc::Sender<serde_json::Value>);
+            let (jobs, queue) = std::sync::mpsc::channel::<Job>();
             let s = Arc::clone(&sup);
             std::thread::spawn(move || {
+                for (args, reply) in queue {
+                    let v = match s.cycle(args) {
+                        Ok(c) => serde_json::to_value(c).expect("serializes"),
+                        Err(e) => serde_json::json!({ "error": e }),
+                    };
+                    let _ = reply.send(v);
+                }
+            });
+            let jobs = Mutex::new(jobs);
+            std::thread::spawn(move || {
                 let _fd = fd;
-                control::serve(l, |r| match s.cycle(r.args) {
-                    Ok(c) => serde_json::to_value(c).expect("serializes"),
-                    Err(e) => serde_json::json!({ "error": e }),
+                control::serve(l, move |r| {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let sent = jobs.lock().expect("jobs").send((r.args, tx));
+                    match sent.ok().and_then(|()| rx.recv().ok()) {
+                        Some(v) => v,
+                        None => serde_json::json!({ "error": "the supervisor is stopping" }),
+                    }
                 })
             });
         }
@@ -293,9 +337,10 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
         let s = Arc::clone(&sup);
         std::thread::spawn(move || s.scheduled(cron));
     }
-    eprintln!(
-        "regclean supervise: serving {addr} through registry pid {} on {}",
-        first.pid, first.addr
+    say!(
+        "serving {addr} through registry pid {} on {}",
+        first.pid,
+        first.addr
     );
     Ok((sup, signals))
 }
@@ -318,6 +363,26 @@ fn free_addr() -> std::io::Result<SocketAddr> {
 }
 
 impl Supervisor {
+    /// Starts a writable child, retrying with backoff (1, 2, 4 s): a cycle must bring writable
+    /// service back.
+    fn spawn_writable(&self) -> Result<Child, String> {
+        let mut last = String::new();
+        for wait in [0, 1, 2, 4] {
+            std::thread::sleep(Duration::from_secs(wait));
+            if self.state.lock().expect("state").shutting_down {
+                return Err("the supervisor is stopping".into());
+            }
+            match self.spawn(Access::Writable) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    say!("starting the writable registry after a cycle: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// Starts a registry child and waits until it accepts connections (30 s at most).
     fn spawn(&self, access: Access) -> Result<Child, String> {
         let addr = free_addr().map_err(|e| e.to_string())?;
@@ -398,10 +463,24 @@ impl Supervisor {
         self.stop(writable);
         let ro_start = Instant::now();
         let collected = self.collect(&args);
-        // Whatever the collection did, writable service comes back.
-        let fresh = self.spawn(Access::Writable);
+        // Whatever the collection did, writable service comes back — or the supervisor stops
+        // with an error, so that the container's restart policy acts: a registry left
+        // read-only for good would fail every push, silently.
+        let fresh = self.spawn_writable();
         let readonly_ms = ro_start.elapsed().as_millis();
-        let fresh = fresh?;
+        let fresh = match fresh {
+            Ok(c) => c,
+            Err(e) => {
+                say!("no writable registry could be started after a cycle ({e}): stopping");
+                let mut st = self.state.lock().expect("state");
+                st.fatal = Some(1);
+                st.shutting_down = true;
+                for p in &st.alive {
+                    signal(*p, Signal::SIGTERM);
+                }
+                return Err(format!("no writable registry after the cycle: {e}"));
+            }
+        };
         let ro_pid = self.activate(fresh);
         self.stop(ro_pid);
         let (exit_code, report) = collected?;
@@ -468,10 +547,10 @@ impl Supervisor {
             if self.state.lock().expect("state").shutting_down {
                 return;
             }
-            eprintln!("regclean supervise: scheduled clean ({next})");
+            say!("scheduled clean ({next})");
             match self.scheduled_clean() {
-                Ok(line) => eprintln!("regclean supervise: scheduled clean done: {line}"),
-                Err(e) => eprintln!("regclean supervise: scheduled clean failed: {e}"),
+                Ok(line) => say!("scheduled clean done: {line}"),
+                Err(e) => say!("scheduled clean failed: {e}"),
             }
         }
     }
@@ -517,7 +596,7 @@ impl Supervisor {
                 Ok(Some(s)) => s,
                 Ok(None) => continue,
                 Err(e) => {
-                    eprintln!("regclean supervise: reading signals: {e}");
+                    say!("reading signals: {e}");
                     return 1;
                 }
             };
@@ -533,23 +612,23 @@ impl Supervisor {
                         }
                         st.alive.remove(&pid);
                         if st.shutting_down {
-                            eprintln!("regclean supervise: the registry exited with {code}");
+                            say!("the registry exited with {code}");
                         } else {
-                            eprintln!(
-                                "regclean supervise: the registry (pid {pid}) died on its own with {code}: stopping (the container's restart policy restarts it)"
+                            say!(
+                                "the registry (pid {pid}) died on its own with {code}: stopping (the container's restart policy restarts it)"
                             );
+                            st.shutting_down = true;
                         }
-                        let others: Vec<i32> = st.alive.iter().copied().collect();
+                        let code = st.fatal.unwrap_or(code);
                         drop(st);
-                        for p in others {
-                            signal(p, Signal::SIGTERM);
-                        }
+                        self.finish();
                         return code;
                     }
                 }
                 Signal::SIGTERM | Signal::SIGINT => {
                     let mut st = self.state.lock().expect("state");
                     st.shutting_down = true;
+                    self.proxy.close();
                     for p in &st.alive {
                         signal(*p, Signal::SIGTERM);
                     }
@@ -559,6 +638,49 @@ impl Supervisor {
                     signal(active, other);
                 }
             }
+        }
+    }
+
+    /// Once the registry is gone: every other child stopped and reaped (a draining one is
+    /// given the drain time, then killed), and every relayed response delivered (bounded by
+    /// the drain time), so that no pull in flight is cut short by the supervisor's exit.
+    fn finish(&self) {
+        self.proxy.close();
+        let deadline = Instant::now() + self.drain + Duration::from_secs(10);
+        let others: Vec<i32> = self
+            .state
+            .lock()
+            .expect("state")
+            .alive
+            .iter()
+            .copied()
+            .collect();
+        for p in &others {
+            signal(*p, Signal::SIGTERM);
+        }
+        loop {
+            for (pid, _) in self.reaper.reap() {
+                self.state.lock().expect("state").alive.remove(&pid);
+            }
+            let left = self.state.lock().expect("state").alive.len();
+            if left == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                for p in &self.state.lock().expect("state").alive {
+                    signal(*p, Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                self.reaper.reap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let deadline = Instant::now() + self.drain;
+        while self.proxy.active.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
