@@ -12,11 +12,18 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Exit statuses of reaped children, until someone takes them.
+///
+/// A status nobody takes within [`UNCLAIMED`] is dropped: as PID 1 the supervisor also reaps
+/// orphans it never started, and a stale status kept forever could be read by a later child
+/// that the kernel gives the same pid. Every waiter asks right after spawning its child.
 #[derive(Default)]
 pub struct Reaper {
-    exits: Mutex<HashMap<i32, i32>>,
+    exits: Mutex<HashMap<i32, (i32, Instant)>>,
     cv: Condvar,
 }
+
+/// How long an exit status waits for someone to take it.
+pub const UNCLAIMED: Duration = Duration::from_secs(60);
 
 impl Reaper {
     /// Reaps every child that has exited; returns them as (pid, exit code). A child killed by
@@ -31,11 +38,11 @@ impl Reaper {
                 Ok(_) => {}
             }
         }
+        let now = Instant::now();
+        let mut exits = self.exits.lock().expect("exits");
+        exits.retain(|_, (_, at)| now.duration_since(*at) < UNCLAIMED);
         if !out.is_empty() {
-            self.exits
-                .lock()
-                .expect("exits")
-                .extend(out.iter().copied());
+            exits.extend(out.iter().map(|(pid, code)| (*pid, (*code, now))));
             self.cv.notify_all();
         }
         out
@@ -46,7 +53,7 @@ impl Reaper {
         let deadline = Instant::now() + timeout;
         let mut exits = self.exits.lock().expect("exits");
         loop {
-            if let Some(code) = exits.remove(&pid) {
+            if let Some((code, _)) = exits.remove(&pid) {
                 return Some(code);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
