@@ -9,19 +9,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Sup(Child);
-
-impl Drop for Sup {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn log_of(h: &Registry) -> String {
-    std::fs::read_to_string(h.tmp.path().join("supervisor.log")).unwrap_or_default()
-}
-
 fn setup() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,16 +13,6 @@ use std::time::{Duration, Instant};
 /// the registry answers through it.
 fn supervise(h: &Registry) -> Sup {
     supervise_with(h, &[], &[])
-}
-
-/// The supervisor process, killed when a test ends early (its registry dies with it).
-struct Sup(Child);
-
-impl Drop for Sup {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn supervise_with(h: &Registry, opts: &[&str], env: &[(&str, &str)]) -> Sup {
@@ -62,10 +52,6 @@ fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Registry) {
     let mut h = Registry::external(port, &root);
     h.config = write_config(h.tmp.path(), &root, &format!("127.0.0.1:{port}"));
     (tmp, root, h)
-}
-
-fn log_of(h: &Registry) -> String {
-    std::fs::read_to_string(h.tmp.path().join("supervisor.log")).unwrap_or_default()
 }
 
 #[test]

@@ -625,3 +625,20 @@ pub fn push_referrer(r: &Registry, repo: &str, subject: &str, subject_size: usiz
     .unwrap();
     img
 }
+
+// --- the supervisor (issue 13) ---
+
+/// A `regclean supervise` process, killed when a test ends early (its registries die with it).
+pub struct Sup(pub Child);
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the supervisor logged (tests write it to `supervisor.log` in the handle's temp dir).
+pub fn log_of(h: &Registry) -> String {
+    std::fs::read_to_string(h.tmp.path().join("supervisor.log")).unwrap_or_default()
+}
