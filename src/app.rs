@@ -164,13 +164,31 @@ fn fail(settings: &Settings, e: Error) -> i32 {
 /// `--check`: read-only; creates nothing, not even the lock.
 pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
     use crate::check;
+    use crate::storage::{s3::S3Store, Filesystem, Storage};
     let loc = locate(settings)?;
-    let store = open_store(&loc)?;
-    let state = open_state(&store.root).map_err(|e| Error::Failed(e.to_string()))?;
-    let repos_dir = store.v2.sub_opt("repositories")?;
-    let inv = scan::scan(&store.v2)?;
-    let db = collect::load_db(&store.v2, &inv);
-    let blobs = crate::blobs::list(&store.v2)?;
+    // The store through its storage; the filesystem's own checks (state directory, revision
+    // links, content) need its directory handles.
+    let (fs, object) = match &loc.backend {
+        config::Backend::Filesystem => (Some(open_store(&loc)?), None),
+        config::Backend::S3(s) => (None, Some(S3Store::open(s)?)),
+    };
+    let view = fs.as_ref().map(|s| Filesystem { v2: &s.v2 });
+    let storage: &dyn Storage = match (&view, &object) {
+        (Some(v), _) => v,
+        (None, Some(o)) => o,
+        (None, None) => unreachable!("one backend is open"),
+    };
+    let state = match &fs {
+        Some(s) => open_state(&s.root).map_err(|e| Error::Failed(e.to_string()))?,
+        None => None,
+    };
+    let repos_dir = match &fs {
+        Some(s) => s.v2.sub_opt("repositories")?,
+        None => None,
+    };
+    let inv = storage.scan()?;
+    let db = collect::load_db(storage, &inv);
+    let blobs = storage.blobs()?;
     let mut missing = Vec::new();
     let scoped = if settings.request.targets.is_empty() {
         inv.clone()
@@ -218,11 +236,19 @@ pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
     ));
     findings.extend(check::bad_blobs(&blobs));
     let verified = match settings.verify {
-        cli::Verify::Content => {
-            let (bad, v) = check::verify_content(&store.v2, &blobs);
-            findings.extend(bad);
-            Some(v)
-        }
+        cli::Verify::Content => match &fs {
+            Some(store) => {
+                let (bad, v) = check::verify_content(&store.v2, &blobs);
+                findings.extend(bad);
+                Some(v)
+            }
+            None => {
+                return Err(Error::Usage(format!(
+                    "{}: --verify-content reads every blob back, which on object storage means downloading the whole bucket; it is for filesystem stores",
+                    loc.root.display()
+                )))
+            }
+        },
         cli::Verify::Structure => None,
     };
     findings.sort_by(|a, b| {
@@ -378,6 +404,9 @@ pub fn open_store(loc: &Location) -> Result<Store> {
 pub fn run(settings: &Settings) -> Result<Report> {
     let mut timer = crate::timing::Timer::default();
     let loc = locate(settings)?;
+    if let config::Backend::S3(s3) = &loc.backend {
+        return run_object(settings, &loc, s3);
+    }
     if settings.store == cli::StorePolicy::SkipMissing
         && loc.root.is_dir()
         && !loc.root.join("docker/registry/v2").exists()
@@ -426,7 +455,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         &settings.gc,
         collect::Inputs {
             dry_run: dry,
-            v2: &store.v2,
+            store: &crate::storage::Filesystem { v2: &store.v2 },
             repos_dir: repos_dir.as_ref(),
             inv: &inv,
             plan: &plan,
@@ -486,7 +515,23 @@ pub fn run(settings: &Settings) -> Result<Report> {
         },
     };
     timer.lap("report");
-    let mut report = Report {
+    let mut report = build_report(&loc, dry, plan, prep, inv.oddities, changes, timer);
+    report.leftover_trash_runs = leftover;
+    report.exit_code = report.exit(settings.missing).code();
+    Ok(report)
+}
+
+/// The report of a run, from what each stage produced (one shape for every storage).
+fn build_report(
+    loc: &Location,
+    dry: bool,
+    plan: plan::Plan,
+    prep: collect::Prepared,
+    oddities: Vec<crate::scan::Oddity>,
+    changes: Changes,
+    timer: crate::timing::Timer,
+) -> Report {
+    Report {
         root: loc.root.display().to_string(),
         root_source: loc.root_source,
         config: loc.config.as_ref().map(|c| c.path.display().to_string()),
@@ -508,9 +553,9 @@ pub fn run(settings: &Settings) -> Result<Report> {
                     .any(|p| p.repo == k.repo && p.attachments.contains(&k.tag))
             })
             .collect(),
-        leftover_trash_runs: leftover,
+        leftover_trash_runs: 0,
         deleted: changes.deleted,
-        oddities: inv.oddities,
+        oddities,
         gc: prep.report,
         errors: changes.errors,
         timings_ms: timer,
@@ -520,7 +565,129 @@ pub fn run(settings: &Settings) -> Result<Report> {
             tags: plan.protected.clone(),
             manifests: plan.pinned.clone(),
         },
+        object_requests: None,
+    }
+}
+
+/// The pipeline on object storage (the registry's `s3` driver): the same scan → plan →
+/// predict → report through [`crate::storage::Storage`], with the bucket's own change stage
+/// ([`crate::storage::s3::change`]: lock object, ordered batched deletes).
+///
+/// Refusals, all before any request that writes: pruning or collection without
+/// `--registry-stopped` (no live guard sees registries on other hosts; removal alone is
+/// allowed), the registry's collector (regclean's native sweep is the point here), and
+/// policies on pull activity (recorded only by a supervisor on a filesystem store). A dry run
+/// writes nothing, not even the lock object.
+fn run_object(
+    settings: &Settings,
+    loc: &Location,
+    s3: &crate::storage::s3::settings::S3Settings,
+) -> Result<Report> {
+    use crate::storage::s3::{change as object_change, S3Store};
+    use crate::storage::Storage;
+    let mut timer = crate::timing::Timer::default();
+    let dry = settings.mode == Mode::DryRun;
+    let collects = settings.gc.request != collect::GcRequest::Skip;
+    if collects && !dry && settings.registries == cli::Registries::MayServe {
+        return Err(Error::Unsafe(format!(
+            "{}: pruning and collection on object storage need every registry serving this bucket stopped or read-only, and no guard can see registries on other hosts: stop them (or make them read-only), then run again with --registry-stopped; or remove only, with --no-gc. Nothing was changed",
+            loc.root.display()
+        )));
+    }
+    if settings.gc.collector == collect::CollectorChoice::Registry {
+        return Err(Error::Usage(format!(
+            "{}: --collector registry is not available on object storage (the registry's collector issues one request per object; regclean's native sweep is the fast path): use --collector native or auto",
+            loc.root.display()
+        )));
+    }
+    if settings
+        .request
+        .retention
+        .as_ref()
+        .is_some_and(|p| p.uses_pulls())
+    {
+        return Err(Error::Usage(format!(
+            "{}: the policy uses pulled_within/keep_pulled_within, but pull activity is recorded only by `regclean supervise` on a filesystem store",
+            loc.root.display()
+        )));
+    }
+    let store = S3Store::open(s3)?;
+    let bucket = store.bucket.clone();
+    tracing::info!("object store {}", bucket.url);
+    let _lock = match dry {
+        true => None,
+        false => Some(object_change::acquire(bucket.clone(), settings.wait)?),
     };
+    timer.lap("start");
+    crate::progress::phase(format_args!("listing {}", bucket.url));
+    let inv = store.scan()?;
+    timer.lap("scan");
+    let mut plan = plan::plan(&inv, &settings.request, SystemTime::now());
+    if let Some(why) = &plan.over_limit {
+        return Err(Error::Unsafe(why.clone()));
+    }
+    if let plan::PruneScope::Repositories(scope) = &mut plan.prune_scope {
+        scope.extend(object_change::pending_scope(&bucket)?);
+    }
+    timer.lap("plan");
+    crate::progress::phase("planning and predicting what collection frees");
+    let gc = collect::GcSettings {
+        collector: collect::CollectorChoice::Native,
+        ..settings.gc.clone()
+    };
+    let mut prep = collect::prepare(
+        &gc,
+        collect::Inputs {
+            dry_run: dry,
+            store: &store,
+            repos_dir: None,
+            inv: &inv,
+            plan: &plan,
+            serving: Vec::new(),
+            config: loc.config.as_ref(),
+            now: SystemTime::now(),
+        },
+    )?;
+    if settings.registries == cli::Registries::MayServe {
+        // Removal next to registries that may serve: a removed repository keeps its
+        // `_layers` (a re-push while a registry caches blob descriptors would lose them).
+        prep.layers = apply::Layers::Keep;
+        prep.report.layers_left = plan
+            .removals
+            .iter()
+            .filter(|r| matches!(r.what, plan::What::Repository { .. }))
+            .map(|r| r.repo.clone())
+            .collect();
+    }
+    timer.lap("predict");
+    let changes = if dry {
+        Changes {
+            outcomes: plan
+                .removals
+                .iter()
+                .map(|r| apply::Outcome {
+                    removal: r.clone(),
+                    error: None,
+                })
+                .collect(),
+            ..Changes::default()
+        }
+    } else {
+        let (outcomes, done) = object_change::apply(&bucket, &plan, &mut prep);
+        Changes {
+            outcomes,
+            errors: done.errors,
+            deleted: Deleted {
+                files: done.keys,
+                bytes: prep.report.freed_bytes,
+                ..Deleted::default()
+            },
+            rolled_back: false,
+        }
+    };
+    timer.lap("delete");
+    let mut report = build_report(loc, dry, plan, prep, inv.oddities, changes, timer);
+    report.object_requests = Some(bucket.requests.load(std::sync::atomic::Ordering::Relaxed));
     report.exit_code = report.exit(settings.missing).code();
     Ok(report)
 }

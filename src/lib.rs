@@ -25,6 +25,7 @@ pub mod exit;
 pub mod input;
 pub mod inventory;
 pub mod output;
+pub mod storage;
 pub mod supervise;
 
 pub use change::{apply, fsx, lock, trash};

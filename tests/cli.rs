@@ -59,14 +59,30 @@ fn root_without_a_registry_tree_is_a_usage_error() {
 }
 
 #[test]
-fn non_filesystem_driver_is_refused_with_exit_3() {
+fn unsupported_driver_is_refused_with_exit_3_and_s3_with_a_root_is_a_usage_error() {
     let (t, root) = fixture("sample");
-    let cfg = t.path().join("s3.yml");
+    let s3 = t.path().join("s3.yml");
     std::fs::write(
-        &cfg,
+        &s3,
         "version: 0.1\nstorage:\n  s3:\n    bucket: images\n    region: eu-west-1\n",
     )
     .unwrap();
+    let o = regclean()
+        .arg("--config")
+        .arg(&s3)
+        .arg("--root")
+        .arg(&root)
+        .arg("team0/app0")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("storage driver is 's3'"),
+        "{}",
+        text(&o)
+    );
+    let cfg = t.path().join("gcs.yml");
+    std::fs::write(&cfg, "version: 0.1\nstorage:\n  gcs:\n    bucket: images\n").unwrap();
     let o = regclean()
         .arg("--config")
         .arg(&cfg)
@@ -77,7 +93,7 @@ fn non_filesystem_driver_is_refused_with_exit_3() {
         .unwrap();
     assert_eq!(code(&o), Some(3), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("storage driver 's3'"),
+        String::from_utf8_lossy(&o.stderr).contains("storage driver 'gcs'"),
         "{}",
         text(&o)
     );

@@ -12,6 +12,7 @@ use crate::manifest::Db;
 use crate::plan::{Plan, PruneScope, What};
 use crate::reach::{self, Prune, Referrers};
 use crate::scan::Inventory;
+use crate::storage::Storage;
 use crate::trash::Trash;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -228,8 +229,8 @@ pub struct Sweep {
 pub struct Inputs<'a> {
     /// `--dry-run`.
     pub dry_run: bool,
-    /// `<root>/docker/registry/v2`.
-    pub v2: &'a DirFd,
+    /// The store, read through its storage (filesystem or object store).
+    pub store: &'a dyn Storage,
     /// `repositories/`, if the store has one.
     pub repos_dir: Option<&'a DirFd>,
     /// The inventory before any change.
@@ -248,20 +249,20 @@ const DEFER_ADVICE: &str = "pruning and garbage collection are deferred because 
 
 /// Loads every manifest the inventory names (revisions, tag targets, and children of
 /// indexes, until none is new).
-pub fn load_db(v2: &DirFd, inv: &Inventory) -> Db {
+pub fn load_db(store: &dyn Storage, inv: &Inventory) -> Db {
     let mut wanted: Vec<Digest> = inv
         .repos
         .iter()
         .flat_map(|r| r.revisions.iter().copied())
         .collect();
     wanted.extend(hazard::tag_targets(inv));
-    let mut db = Db::load(v2, wanted);
+    let mut db = Db::load(store, wanted);
     loop {
         let missing = db.unloaded_children();
         if missing.is_empty() {
             return db;
         }
-        db.extend(v2, missing);
+        db.extend(store, missing);
     }
 }
 
@@ -269,7 +270,7 @@ pub fn load_db(v2: &DirFd, inv: &Inventory) -> Db {
 pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
     let Inputs {
         dry_run,
-        v2,
+        store,
         repos_dir,
         inv,
         plan,
@@ -353,7 +354,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
     }
     report.serving = serving;
 
-    let db = load_db(v2, inv);
+    let db = load_db(store, inv);
     let mut after = reach::after_removals(inv, removals);
     hazard::without_removed(&mut after, removals);
     report.pruned = match s.pruning {
@@ -385,7 +386,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
     if let Some(r) = repos_dir {
         hazards.extend(hazard::check_revision_links(r, &fin));
     }
-    let all: Blobs = blobs::list(v2)?;
+    let all: Blobs = store.blobs()?;
     hazards.extend(hazard::blob_store(&all));
     let marks = reach::registry_marks(&fin, &db);
     let predicted = reach::swept(all.sizes.keys().copied(), &marks);
@@ -758,7 +759,7 @@ pub fn collect(
 ) -> Result<()> {
     let inv = crate::scan::scan(v2)?;
     let db = prep.db.take().unwrap_or_default();
-    let db = db.completed(v2, &inv);
+    let db = db.completed(&crate::storage::Filesystem { v2 }, &inv);
     let reachable = reach::reachable_blobs(&inv, &db, s.referrers);
     let sizes = blobs::list(v2)?;
     timer.lap("gc_rescan");

@@ -203,6 +203,14 @@ pub struct Args {
     #[arg(long)]
     pub gc_while_serving: bool,
 
+    /// Object storage (`s3` driver): you state that every registry serving this bucket is
+    /// stopped or read-only. No live guard can see registries on other hosts, so pruning and
+    /// collection on object storage are refused without it (exit 3); removal alone
+    /// (`--no-gc`) is allowed while registries serve. Ignored on a filesystem store, where
+    /// the live guard looks for itself.
+    #[arg(long)]
+    pub registry_stopped: bool,
+
     /// Which collector frees the blobs: `native` (regclean deletes exactly the blobs nothing
     /// references, with the same safety as every removal), `registry` (the registry's own
     /// garbage-collect, cross-checked), or `auto`: the registry's when its binary is found,
@@ -315,6 +323,17 @@ pub struct Settings {
     pub gc: GcSettings,
     /// `--metrics-file`.
     pub metrics_file: Option<PathBuf>,
+    /// `--registry-stopped`.
+    pub registries: Registries,
+}
+
+/// What the operator says of the registries serving an object-storage store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registries {
+    /// Nothing said: they may be serving and writable (default).
+    MayServe,
+    /// `--registry-stopped`: stopped or read-only.
+    StoppedOrReadOnly,
 }
 
 /// Parses the command line. On `--help`/`--version` or a usage error, prints and returns the
@@ -512,6 +531,11 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             Output::Human
         },
         metrics_file: args.metrics_file.clone(),
+        registries: if args.registry_stopped {
+            Registries::StoppedOrReadOnly
+        } else {
+            Registries::MayServe
+        },
         log_filter: match (args.quiet, args.verbose) {
             (true, _) => "error",
             (false, 0) => "warn",

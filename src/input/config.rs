@@ -53,6 +53,17 @@ pub struct Location {
     pub root_source: RootSource,
     /// The config file, if one was found.
     pub config: Option<RegistryConfig>,
+    /// Which storage the registry uses.
+    pub backend: Backend,
+}
+
+/// The registry's storage driver, as far as regclean can clean it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// `filesystem`: `root` is the local directory.
+    Filesystem,
+    /// `s3`: `root` is `s3://bucket/prefix`, for messages.
+    S3(crate::storage::s3::settings::S3Settings),
 }
 
 /// Why [`read_text_file`] failed.
@@ -195,14 +206,30 @@ pub fn locate(
     env_storage: Option<&str>,
 ) -> Result<Location> {
     if let Some(d) = storage_driver(config.as_ref(), env_storage)? {
+        let from = match (&config, env_storage.filter(|s| !s.trim().is_empty())) {
+            (_, Some(_)) => "REGISTRY_STORAGE".to_string(),
+            (Some(c), None) => c.path.display().to_string(),
+            (None, None) => "the configuration".to_string(),
+        };
+        if d == "s3" {
+            if let Some(r) = explicit_root.filter(|r| !r.as_os_str().is_empty()) {
+                return Err(Error::Usage(format!(
+                    "--root {} names a filesystem store, but the registry's storage driver is 's3' (from {from}): drop --root (and REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY) to clean the bucket",
+                    r.display()
+                )));
+            }
+            let s3 =
+                crate::storage::s3::settings::read(config.as_ref(), &|k| std::env::var(k).ok())?;
+            return Ok(Location {
+                root: PathBuf::from(s3.url()),
+                root_source: RootSource::Config,
+                config,
+                backend: Backend::S3(s3),
+            });
+        }
         if d != "filesystem" {
-            let from = match (&config, env_storage.filter(|s| !s.trim().is_empty())) {
-                (_, Some(_)) => "REGISTRY_STORAGE".to_string(),
-                (Some(c), None) => c.path.display().to_string(),
-                (None, None) => "the configuration".to_string(),
-            };
             return Err(Error::Unsafe(format!(
-                "storage driver '{d}' (from {from}) is not 'filesystem': regclean cleans only a local filesystem store"
+                "storage driver '{d}' (from {from}) is neither 'filesystem' nor 's3': regclean cleans only those"
             )));
         }
     }
@@ -211,6 +238,7 @@ pub fn locate(
             root: r,
             root_source: RootSource::Explicit,
             config,
+            backend: Backend::Filesystem,
         });
     }
     let from_config = match config.as_ref().and_then(|c| {
@@ -235,12 +263,14 @@ pub fn locate(
             root,
             root_source: RootSource::Config,
             config,
+            backend: Backend::Filesystem,
         });
     }
     Ok(Location {
         root: PathBuf::from(DEFAULT_ROOT),
         root_source: RootSource::Default,
         config,
+        backend: Backend::Filesystem,
     })
 }
 
@@ -319,12 +349,12 @@ mod tests {
     fn non_filesystem_driver_is_refused_as_unsafe() {
         let e = locate(
             Some("/x".into()),
-            Some(cfg("storage:\n  s3:\n    bucket: b\n  cache: {}\n")),
+            Some(cfg("storage:\n  gcs:\n    bucket: b\n  cache: {}\n")),
             None,
         )
         .unwrap_err();
         assert!(matches!(e, Error::Unsafe(_)), "{e}");
-        assert!(e.to_string().contains("'s3'"));
+        assert!(e.to_string().contains("'gcs'"));
         let e = locate(None, Some(cfg(FS)), Some("gcs")).unwrap_err();
         assert!(e.to_string().contains("REGISTRY_STORAGE"), "{e}");
         let e = locate(None, None, Some("inmemory")).unwrap_err();

@@ -5,7 +5,6 @@
 
 use crate::digest::Digest;
 use crate::fsx::DirFd;
-use rayon::prelude::*;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::collections::HashMap;
 
@@ -545,24 +544,17 @@ pub struct Db {
 }
 
 impl Db {
-    /// Reads and parses the blobs of `digests` (deduplicated) in parallel.
-    pub fn load(v2: &DirFd, digests: impl IntoIterator<Item = Digest>) -> Db {
+    /// Reads and parses the blobs of `digests` (deduplicated) from `store`, in parallel.
+    pub fn load(
+        store: &dyn crate::storage::Storage,
+        digests: impl IntoIterator<Item = Digest>,
+    ) -> Db {
         let mut all: Vec<Digest> = digests.into_iter().collect();
         all.sort_unstable();
         all.dedup();
-        let blobs = v2.sub_opt("blobs").ok().flatten();
-        let map = all
-            .into_par_iter()
-            .map(|d| {
-                let r = match &blobs {
-                    None => Err(Problem::MissingBlob),
-                    Some(b) => read_blob(b, &d)
-                        .and_then(|bytes| parse(&bytes).map_err(Problem::Unparsable)),
-                };
-                (d, r)
-            })
-            .collect();
-        Db { map }
+        Db {
+            map: store.manifests(all).into_iter().collect(),
+        }
     }
 
     /// Children of loaded indexes that are not loaded yet.
@@ -580,13 +572,17 @@ impl Db {
     }
 
     /// Loads more digests into this cache.
-    pub fn extend(&mut self, v2: &DirFd, digests: Vec<Digest>) {
-        let more = Db::load(v2, digests);
+    pub fn extend(&mut self, store: &dyn crate::storage::Storage, digests: Vec<Digest>) {
+        let more = Db::load(store, digests);
         self.map.extend(more.map);
     }
 
     /// This cache plus whatever `inv` names that it lacks (after a rescan).
-    pub fn completed(mut self, v2: &DirFd, inv: &crate::scan::Inventory) -> Db {
+    pub fn completed(
+        mut self,
+        store: &dyn crate::storage::Storage,
+        inv: &crate::scan::Inventory,
+    ) -> Db {
         let mut missing: Vec<Digest> = inv
             .repos
             .iter()
@@ -599,7 +595,7 @@ impl Db {
             .filter(|d| !self.map.contains_key(d))
             .collect();
         while !missing.is_empty() {
-            self.extend(v2, missing);
+            self.extend(store, missing);
             missing = self.unloaded_children();
         }
         self
@@ -623,7 +619,7 @@ impl Db {
 
 /// Reads a blob's data (from the `blobs` directory handle). Manifests are small; a 4 MiB cap
 /// matches the registry's own limit on manifest size.
-fn read_blob(blobs: &DirFd, d: &Digest) -> Result<Vec<u8>, Problem> {
+pub fn read_blob(blobs: &DirFd, d: &Digest) -> Result<Vec<u8>, Problem> {
     // One openat of `sha256/xx/hex/data`: the fixed-name directories on the way are resolved by
     // the kernel (read-only, so a planted symlink there could only feed us a bogus manifest,
     // exactly as it would the registry); `data` itself is opened without following.

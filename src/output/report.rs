@@ -63,6 +63,9 @@ pub struct Report {
     /// supervisor's cycle, which prunes later in another process.
     #[serde(skip)]
     pub spare: Spare,
+    /// Requests made to object storage (`s3` driver only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_requests: Option<u64>,
 }
 
 /// What pruning must spare: protected tags (repository, tag) and pinned untagged manifests

