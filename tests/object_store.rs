@@ -153,3 +153,283 @@ fn s3_full_clean_frees_exactly_the_unneeded_blobs_and_everything_left_pulls() {
     let o = w.r.regclean(&["--check"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+/// The tags the registry lists for `repo` (an empty "directory" left on the store must not
+/// show up as a tag).
+fn listed_tags(r: &Registry, repo: &str) -> Vec<String> {
+    let (status, body) = r.get(&format!("/v2/{repo}/tags/list")).unwrap();
+    if status != 200 {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut t: Vec<String> = v["tags"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    t.sort();
+    t
+}
+
+#[test]
+fn s3_pruning_without_registry_stopped_is_refused_and_removal_alone_keeps_layers_for_a_repush() {
+    if !e2e_available() {
+        return;
+    }
+    let Some(weed) = Seaweed::start() else { return };
+    let w = world(&weed);
+    let bucket = w.r.s3.clone().unwrap();
+    let before = bucket.keys();
+
+    // The registry serves: no guard can see it, so collection needs the operator's word.
+    let o = w.r.regclean(&["app:v1"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("--registry-stopped"), "{}", text(&o));
+    // A dry run and a refusal write nothing at all (not even the lock object).
+    let o =
+        w.r.regclean(&["-n", "--registry-stopped", "app:v1", "team/app"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        bucket.keys(),
+        before,
+        "nothing written by a refused run or a dry run"
+    );
+
+    // Removal alone while the registry serves: the tag and the repository go, the
+    // repository's _layers stay (its blob descriptors are cached), nested repositories stay.
+    let o = w.r.regclean(&["--no-gc", "app:v1", "team/app"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    w.r.assert_gone(&["app:v1", "team/app:v1"]);
+    assert_eq!(listed_tags(&w.r, "app"), ["v2"]);
+    assert!(bucket.has(&format!(
+        "repositories/team/app/_layers/sha256/{}/link",
+        &sha(BASE)[7..]
+    )));
+    assert!(
+        bucket.has_blob(&w.app_v1.digest),
+        "no blob is collected by a removal"
+    );
+    assert!(!bucket.has(".regclean/lock"), "the lock object is released");
+    w.r.assert_pull(&["app:v2", "team/app/api:v1", "multi:v1", "list:v1"]);
+    // Re-push of the removed repository with the registry's cache warm: pulls.
+    w.r.push(&w.team_app, "team/app:v1");
+    w.r.assert_pull(&["team/app:v1"]);
+}
+
+#[test]
+fn s3_a_second_run_is_refused_by_the_lock_object_until_it_goes() {
+    if !e2e_available() {
+        return;
+    }
+    let Some(weed) = Seaweed::start() else { return };
+    let w = world(&weed);
+    let bucket = w.r.s3.clone().unwrap();
+    bucket.put_root(
+        ".regclean/lock",
+        br#"{"token":"other","host":"maintenance-host","pid":4242}"#,
+    );
+    let before = bucket.keys();
+    let o = w.r.regclean(&["--no-gc", "app:v1"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("maintenance-host") && err.contains("--wait"),
+        "{err}"
+    );
+    assert_eq!(bucket.keys(), before, "the refused run changed nothing");
+    // --wait waits for the holder.
+    let waiter = std::thread::spawn({
+        let cfg = w.r.config.clone();
+        move || {
+            regclean()
+                .env_remove("AWS_CA_BUNDLE")
+                .arg("--config")
+                .arg(cfg)
+                .args(["--wait", "--no-gc", "app:v1"])
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        !waiter.is_finished(),
+        "--wait waits while the lock object exists"
+    );
+    bucket.delete_root(".regclean/lock");
+    let o = waiter.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    w.r.assert_gone(&["app:v1"]);
+    assert!(!bucket.has(".regclean/lock"));
+}
+
+/// Blobs the registry's own `garbage-collect --dry-run` would delete on the bucket.
+fn registry_dry_run(r: &Registry) -> Vec<String> {
+    let o = std::process::Command::new("docker-registry")
+        .env_remove("AWS_CA_BUNDLE")
+        .args(["garbage-collect", "--dry-run"])
+        .arg(&r.config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split("blob eligible for deletion: ").nth(1))
+        .map(|d| d.trim().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn s3_predicted_sweep_equals_the_registrys_own_dry_run_on_the_bucket() {
+    if !e2e_available() {
+        return;
+    }
+    let Some(weed) = Seaweed::start() else { return };
+    let mut w = world(&weed);
+    // Repositories removed while the registry serves (their _layers stay): their blobs are
+    // unreferenced for the registry's collector too (it marks every revision, tagged or not).
+    let o = w.r.regclean(&["--no-gc", "app:v1", "multi", "list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    w.r.stop();
+    let theirs = registry_dry_run(&w.r);
+    assert!(!theirs.is_empty(), "the removals left blobs to collect");
+    // Without pruning, regclean predicts exactly the registry's own sweep...
+    let o = w.r.regclean(&[
+        "-n",
+        "--json",
+        "--gc-only",
+        "--keep-untagged",
+        "--registry-stopped",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let j = json(&o);
+    assert_eq!(
+        j["gc"]["predicted_blobs"].as_u64(),
+        Some(theirs.len() as u64),
+        "{j}\nregistry: {theirs:?}"
+    );
+    // ...and sweeps exactly that: afterwards the registry finds nothing more to delete.
+    let bucket = w.r.s3.clone().unwrap();
+    let o = w.r.regclean(&[
+        "--json",
+        "--gc-only",
+        "--keep-untagged",
+        "--registry-stopped",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for d in &theirs {
+        assert!(!bucket.has_blob(d), "{d} swept");
+    }
+    assert_eq!(registry_dry_run(&w.r), Vec::<String>::new());
+    w.r.serve(&[]);
+    w.r.assert_pull(&["app:v2", "team/app:v1", "team/app/api:v1"]);
+}
+
+/// A generated store (shared layers, multi-arch indexes, nested repositories, history)
+/// uploaded to a new bucket; returns the registry handle (not serving) and the bucket.
+fn generated(weed: &Seaweed) -> Registry {
+    let mut r = Registry::start_s3(weed);
+    r.stop();
+    let t = tempfile::tempdir().unwrap();
+    genstore(&t.path().join("root"), &["--size", "small", "--seed", "7"]);
+    weed.upload(r.s3.as_ref().unwrap(), &t.path().join("root"));
+    r
+}
+
+#[test]
+fn s3_a_run_killed_mid_delete_is_finished_by_the_next() {
+    if !e2e_available() {
+        return;
+    }
+    let Some(weed) = Seaweed::start() else { return };
+    let args = [
+        "--registry-stopped",
+        "--ignore-missing",
+        "team0/*:build-*",
+        "team1/app0",
+        "team2/*",
+    ];
+    // The reference: one uninterrupted run.
+    let reference = generated(&weed);
+    let o = reference.regclean(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let want = reference.s3.as_ref().unwrap().keys();
+    assert!(!want.is_empty());
+    // Killed as each delete phase starts (the earlier phases done, this one maybe begun), then
+    // run again: the same bucket.
+    for phase in [
+        "tag history entries",
+        "tag links",
+        "manifest revisions",
+        "layer links",
+        "unreferenced blob",
+    ] {
+        let r = generated(&weed);
+        let bucket = r.s3.clone().unwrap();
+        let full = bucket.keys();
+        let mut c = regclean()
+            .arg("--config")
+            .arg(&r.config)
+            .args(args)
+            .env("RUST_LOG", "regclean=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut seen = String::new();
+        {
+            use std::io::BufRead;
+            let err = std::io::BufReader::new(c.stderr.take().unwrap());
+            for line in err.lines() {
+                let line = line.unwrap();
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(phase) {
+                    c.kill().unwrap();
+                    break;
+                }
+            }
+        }
+        let status = c.wait().unwrap();
+        assert!(
+            seen.contains(phase),
+            "the run never reached '{phase}' ({status}): {seen}"
+        );
+        let at = phase;
+        let mid = bucket.keys();
+        eprintln!(
+            "killed at '{at}': {} keys before, {} at the kill, {} after a whole run",
+            full.len(),
+            mid.len(),
+            want.len()
+        );
+        // The lock object of the killed run stays until it is stale; take it as an operator
+        // would after checking no run is alive.
+        bucket.delete_root(".regclean/lock");
+        let o = r.regclean(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "after a kill at '{at}': {}",
+            text(&o)
+        );
+        let got: Vec<(String, u64)> = bucket
+            .keys()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(".regclean/"))
+            .collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "killed at '{at}' ({} keys before, {} at the kill)",
+            full.len(),
+            mid.len()
+        );
+        assert_eq!(got, want, "killed at '{at}'");
+    }
+    // What remains is whole: every remaining tag pulls.
+    let mut r = reference;
+    r.serve(&[]);
+    let o = r.regclean(&["--check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

@@ -697,6 +697,109 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Writes `rel` (relative to the registry's `rootdirectory`) through the filer.
+    pub fn put_root(&self, rel: &str, body: &[u8]) {
+        let path = format!("/buckets/{}/reg/root/{rel}", self.name);
+        let mut s = TcpStream::connect(("127.0.0.1", self.filer_port)).unwrap();
+        write!(
+            s,
+            "PUT {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        assert!(
+            buf.starts_with("HTTP/1.1 201") || buf.starts_with("HTTP/1.0 201"),
+            "PUT {path}: {buf}"
+        );
+    }
+
+    /// Deletes `rel` (relative to `rootdirectory`) through the filer.
+    pub fn delete_root(&self, rel: &str) {
+        let path = format!("/buckets/{}/reg/root/{rel}", self.name);
+        http_status(self.filer_port, "DELETE", &path);
+    }
+
+    /// Every object below `rootdirectory` with its size, sorted: read through the filer, one
+    /// directory at a time (SeaweedFS's own view, not regclean's listing).
+    pub fn keys(&self) -> Vec<(String, u64)> {
+        let base = format!("/buckets/{}/reg/root", self.name);
+        let mut out = Vec::new();
+        let mut dirs = vec![base.clone()];
+        while let Some(d) = dirs.pop() {
+            let mut last = String::new();
+            loop {
+                let mut s = TcpStream::connect(("127.0.0.1", self.filer_port)).unwrap();
+                write!(s, "GET {d}/?limit=1000&lastFileName={last} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n").unwrap();
+                let mut buf = String::new();
+                s.read_to_string(&mut buf).unwrap();
+                let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+                    break;
+                };
+                let entries = v["Entries"].as_array().cloned().unwrap_or_default();
+                for e in &entries {
+                    let path = e["FullPath"].as_str().unwrap().to_string();
+                    if e["Mode"].as_u64().unwrap_or(0) & (1 << 31) != 0 {
+                        dirs.push(path);
+                    } else {
+                        let rel = path[base.len() + 1..].to_string();
+                        out.push((rel, e["FileSize"].as_u64().unwrap_or(0)));
+                    }
+                }
+                match (v["ShouldDisplayLoadMore"].as_bool(), entries.last()) {
+                    (Some(true), Some(e)) => {
+                        last = e["FullPath"]
+                            .as_str()
+                            .unwrap()
+                            .rsplit('/')
+                            .next()
+                            .unwrap()
+                            .to_string()
+                    }
+                    _ => break,
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Seaweed {
+    /// Uploads a local store's `docker/` tree (e.g. from `regclean-genstore`) into `bucket`
+    /// below `rootdirectory` `/reg/root`.
+    pub fn upload(&self, bucket: &Bucket, root: &Path) {
+        let o = Command::new("weed")
+            .args(["filer.copy", "-c", "16"])
+            .arg(root.join("docker"))
+            .arg(format!(
+                "http://127.0.0.1:{}/buckets/{}/reg/root/",
+                self.filer_port, bucket.name
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "filer.copy: {}", text(&o));
+    }
+}
+
+/// Two free ports `offset` apart.
+fn free_port_pair(offset: u16) -> (u16, u16) {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port > u16::MAX - offset {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + offset)).is_ok() {
+            return (port, port + offset);
+        }
+    }
+}
+
 fn http_status(port: u16, method: &str, path: &str) -> u16 {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return 0;
@@ -736,7 +839,9 @@ impl Seaweed {
         .unwrap();
         // Every port explicit (gRPC ports too: their default is the HTTP port + 10000, which
         // may be taken); the optional catalog servers off.
-        let p: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        let mut p: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        // `weed filer.copy` finds the filer's gRPC port as its HTTP port + 10000.
+        (p[4], p[5]) = free_port_pair(10000);
         let log = std::fs::File::create(tmp.path().join("weed.log")).unwrap();
         let child = Command::new("weed")
             .arg("server")

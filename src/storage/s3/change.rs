@@ -116,9 +116,11 @@ pub fn acquire(bucket: Arc<Bucket>, wait: WaitMode) -> Result<Lock> {
         }
         if wait == WaitMode::NoWait {
             return Err(Error::Unsafe(format!(
-                "another regclean run holds {}/{LOCK_KEY} ({}); nothing was changed. Use --wait to wait for it",
+                "another regclean run holds {}/{LOCK_KEY} ({}, renewed {}s ago); nothing was changed. Use --wait to wait for it; a lock of a run that died is taken over once not renewed for {}s",
                 bucket.url,
-                String::from_utf8_lossy(&owner)
+                String::from_utf8_lossy(&owner),
+                age.as_secs(),
+                STALE.as_secs()
             )));
         }
         std::thread::sleep(Duration::from_secs(2));
@@ -283,17 +285,25 @@ pub fn apply(
         ("manifest revisions", std::mem::take(&mut phases.manifests)),
         ("layer links and uploads", std::mem::take(&mut phases.links)),
     ];
+    let removed_repos: Vec<String> = plan
+        .removals
+        .iter()
+        .filter(|r| matches!(r.what, What::Repository { .. }))
+        .map(|r| repo_key(&r.repo, ""))
+        .collect();
     for (what, mut keys) in steps {
         keys.sort();
         keys.dedup();
-        crate::progress::phase(format_args!("deleting {} {what}", keys.len()));
+        tracing::info!("deleting {} {what}", keys.len());
         let n = keys.len() as u64;
+        let dirs = emptied_dirs(&keys, &removed_repos);
         let errs = bucket.delete(keys);
         done.keys += n - errs.len() as u64;
         if !errs.is_empty() {
             done.errors.extend(errs);
             break;
         }
+        delete_dirs(bucket, dirs);
     }
     if prep.run {
         sweep_blobs(bucket, prep, &mut done);
@@ -310,6 +320,79 @@ pub fn apply(
     (outcomes(plan, &done), done)
 }
 
+/// The "directories" the deleted `keys` leave empty, deepest first, one group per depth.
+///
+/// Object stores with real directories (SeaweedFS's filer, for one) keep a directory after its
+/// last object goes, and list it as a common prefix: the registry would then list a removed tag
+/// in `tags/list` (it lists `_manifests/tags/` with a delimiter). Deleting the directory key
+/// (`…/v1/`) removes it there, and is a no-op where directories do not exist (AWS S3). Only
+/// directories below the layout's fixed levels are named: a tag's own directory and below
+/// (`_manifests/tags/` stays), a revision's, a layer link's and a blob's own directory, an
+/// upload's; for a removed repository also its `_manifests`, `_layers`, `_uploads` (never the
+/// repository's own directory, which may hold nested repositories). A store that holds
+/// something new there keeps the directory (a non-empty directory is not deleted).
+fn emptied_dirs(keys: &[String], removed_repos: &[String]) -> Vec<Vec<String>> {
+    const FIXED: [&str; 5] = [
+        "/_manifests/tags/",
+        "/_manifests/revisions/sha256/",
+        "/_layers/sha256/",
+        "/_uploads/",
+        "blobs/sha256/",
+    ];
+    let mut by_depth: std::collections::BTreeMap<usize, std::collections::BTreeSet<String>> =
+        Default::default();
+    for k in keys {
+        // A removed repository's own parts (not a nested repository's, whose keys share the
+        // prefix).
+        let own = |r: &String| {
+            ["_manifests/", "_layers/", "_uploads/"].iter().any(|p| {
+                k.strip_prefix(r.as_str())
+                    .is_some_and(|rest| rest.starts_with(p))
+            })
+        };
+        let stop = match removed_repos.iter().find(|r| own(r)) {
+            Some(r) => r.len(),
+            None => FIXED
+                .iter()
+                .find_map(|f| k.find(f).map(|i| i + f.len()))
+                .unwrap_or(k.len()),
+        };
+        // Blob fan-out directories (`blobs/sha256/xx/`) are shared: stop below them.
+        let stop = if k.contains("blobs/sha256/") && !k.contains("/repositories/") {
+            stop + 3
+        } else {
+            stop
+        };
+        let mut end = k.len();
+        while let Some(i) = k[..end].rfind('/') {
+            if i < stop {
+                break;
+            }
+            let dir = &k[..=i];
+            by_depth
+                .entry(dir.matches('/').count())
+                .or_default()
+                .insert(dir.to_string());
+            end = i;
+        }
+    }
+    by_depth
+        .into_iter()
+        .rev()
+        .map(|(_, d)| d.into_iter().collect())
+        .collect()
+}
+
+/// Deletes directory keys, one depth at a time (see [`emptied_dirs`]); failures only leave an
+/// empty directory behind, so they are logged, never fatal.
+fn delete_dirs(bucket: &Bucket, dirs: Vec<Vec<String>>) {
+    for level in dirs {
+        for e in bucket.delete(level) {
+            tracing::debug!("removing an emptied directory: {e}");
+        }
+    }
+}
+
 /// Step 5: the blobs nothing references, only when every earlier step succeeded (otherwise
 /// the store is not what the prediction was made on).
 fn sweep_blobs(bucket: &Bucket, prep: &mut Prepared, done: &mut Done) {
@@ -321,16 +404,15 @@ fn sweep_blobs(bucket: &Bucket, prep: &mut Prepared, done: &mut Done) {
         return;
     }
     let blobs = std::mem::take(&mut prep.sweep.blobs);
-    crate::progress::phase(format_args!(
-        "collecting {} unreferenced blob(s)",
-        blobs.len()
-    ));
+    tracing::info!("deleting {} unreferenced blob(s)", blobs.len());
     let keys: Vec<String> = blobs
         .iter()
         .map(|(d, _)| format!("{V2}{}", d.blob_rel_path()))
         .collect();
+    let dirs = emptied_dirs(&keys, &[]);
     let errs = bucket.delete(keys);
     if errs.is_empty() {
+        delete_dirs(bucket, dirs);
         prep.report.freed_blobs = blobs.len();
         prep.report.freed_bytes = blobs.iter().map(|(_, s)| s).sum();
         done.keys += blobs.len() as u64;
@@ -352,4 +434,74 @@ fn outcomes(plan: &Plan, done: &Done) -> Vec<crate::apply::Outcome> {
             error: done.errors.first().cloned(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v2(k: &str) -> String {
+        format!("{V2}{k}")
+    }
+
+    #[test]
+    fn emptied_directories_stop_at_the_layouts_fixed_levels() {
+        let h = "a".repeat(64);
+        let keys = vec![
+            v2(&format!(
+                "repositories/app/_manifests/tags/v1/index/sha256/{h}/link"
+            )),
+            v2("repositories/app/_manifests/tags/v1/current/link"),
+            v2(&format!(
+                "repositories/app/_manifests/revisions/sha256/{h}/link"
+            )),
+            v2(&format!("blobs/sha256/aa/{h}/data")),
+        ];
+        let dirs: Vec<String> = emptied_dirs(&keys, &[]).into_iter().flatten().collect();
+        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/v1/")));
+        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/v1/index/sha256/")));
+        assert!(dirs.contains(&v2(&format!(
+            "repositories/app/_manifests/revisions/sha256/{h}/"
+        ))));
+        assert!(dirs.contains(&v2(&format!("blobs/sha256/aa/{h}/"))));
+        for kept in [
+            "repositories/app/_manifests/tags/",
+            "repositories/app/_manifests/revisions/sha256/",
+            "blobs/sha256/aa/",
+            "repositories/app/",
+        ] {
+            assert!(!dirs.contains(&v2(kept)), "{kept} must stay: {dirs:?}");
+        }
+        // Deepest first.
+        let levels = emptied_dirs(&keys, &[]);
+        let depths: Vec<usize> = levels.iter().map(|l| l[0].matches('/').count()).collect();
+        assert!(depths.windows(2).all(|w| w[0] > w[1]), "{depths:?}");
+    }
+
+    #[test]
+    fn a_removed_repository_loses_its_own_parts_never_its_directory() {
+        let h = "b".repeat(64);
+        let keys = vec![
+            v2(&format!("repositories/team/app/_layers/sha256/{h}/link")),
+            v2("repositories/team/app/_manifests/tags/v1/current/link"),
+        ];
+        let mut keys = keys;
+        keys.push(v2(&format!(
+            "repositories/team/app/api/_layers/sha256/{h}/link"
+        )));
+        let dirs: Vec<String> = emptied_dirs(&keys, &[v2("repositories/team/app/")])
+            .into_iter()
+            .flatten()
+            .collect();
+        assert!(dirs.contains(&v2("repositories/team/app/_layers/")));
+        assert!(dirs.contains(&v2("repositories/team/app/_manifests/")));
+        assert!(!dirs.contains(&v2("repositories/team/app/")));
+        assert!(!dirs.contains(&v2("repositories/team/")));
+        // A nested repository's stale link: its own directory only.
+        assert!(dirs.contains(&v2(&format!(
+            "repositories/team/app/api/_layers/sha256/{h}/"
+        ))));
+        assert!(!dirs.contains(&v2("repositories/team/app/api/_layers/sha256/")));
+        assert!(!dirs.contains(&v2("repositories/team/app/api/")));
+    }
 }
