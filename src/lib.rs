@@ -11,6 +11,7 @@
 //! | freeing the disk | `collection/` | [`collect`] (the gc stage), [`gc`] (the registry's collector), [`live`] (serving registries), [`activity`] (pull times) |
 //! | telling what happened | `output/` | [`report`], [`check`], [`metrics`], [`timing`], [`progress`] |
 //! | the registry that cleans itself | `supervise/` | [`supervise`] (PID 1, proxy, control socket, events) |
+//! | where the store lives | `storage/` | [`storage`] (the `Storage` trait: filesystem, and `s3` object storage with its own change stage) |
 //!
 //! Policy is pure ([`plan`], [`reach`]); everything that touches the disk goes through [`fsx`]
 //! directory handles. The stage folders are re-exported flat (`crate::plan`, not

@@ -12,9 +12,9 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// How many requests are in flight at once (listings, reads): enough to hide a round trip of
-/// tens of milliseconds; object stores serve far more.
-pub const IN_FLIGHT: usize = 64;
+/// How many requests are in flight at once (listings, reads, delete batches): enough to hide
+/// a round trip of tens of milliseconds; object stores serve far more.
+pub const IN_FLIGHT: usize = 32;
 
 /// One object as listed: its key relative to the store's prefix, size and modification time.
 #[derive(Debug, Clone)]
@@ -189,22 +189,35 @@ impl Bucket {
         )
     }
 
-    /// Deletes `keys` with bulk requests (DeleteObjects, 1000 keys each, several in flight).
-    /// Returns one message per key that could not be deleted. Deleting a missing key is not an
-    /// error (S3 semantics), so a rerun after a kill deletes the rest.
+    /// Deletes `keys` with bulk requests (DeleteObjects), many in flight. A batch holds up to
+    /// 1000 keys (the API's limit); fewer when there are fewer keys than [`IN_FLIGHT`]
+    /// batches of 1000 would fill (never under 100), so a small delete is parallel too — a
+    /// store deletes a batch's keys one after another. Returns one message per key that could
+    /// not be deleted. Deleting a missing key is not an error (S3 semantics), so a rerun after
+    /// a kill deletes the rest.
     pub fn delete(&self, keys: Vec<String>) -> Vec<String> {
         if keys.is_empty() {
             return Vec::new();
         }
-        self.count(keys.len().div_ceil(1000) as u64);
-        let paths: Vec<Path> = keys.iter().map(|k| self.path(k)).collect();
-        let results: Vec<object_store::Result<Path>> = self.rt.block_on(
-            self.store
-                .delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed())
+        let batch = keys.len().div_ceil(IN_FLIGHT).clamp(100, 1000);
+        self.count(keys.len().div_ceil(batch) as u64);
+        let batches: Vec<Vec<Path>> = keys
+            .chunks(batch)
+            .map(|c| c.iter().map(|k| self.path(k)).collect())
+            .collect();
+        let results: Vec<Vec<object_store::Result<Path>>> = self.rt.block_on(
+            futures::stream::iter(batches)
+                .map(|b| {
+                    self.store
+                        .delete_stream(futures::stream::iter(b.into_iter().map(Ok)).boxed())
+                        .collect::<Vec<_>>()
+                })
+                .buffer_unordered(IN_FLIGHT)
                 .collect(),
         );
         results
             .into_iter()
+            .flatten()
             .filter_map(|r| match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => None,
                 Err(e) => Some(format!("deleting from {}: {e}", self.url)),
