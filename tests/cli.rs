@@ -267,3 +267,65 @@ fn progress_lines_only_on_a_terminal() {
         text(&o)
     );
 }
+
+#[test]
+fn supervise_on_the_s3_driver_is_refused_with_exit_2_naming_the_bucket() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("s3.yml");
+    std::fs::write(
+        &cfg,
+        "version: 0.1\nstorage:\n  s3:\n    bucket: images\n    region: eu-west-1\n    rootdirectory: /reg\n",
+    )
+    .unwrap();
+    let o = regclean()
+        .arg("supervise")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("s3://images/reg") && err.contains("--registry-stopped"),
+        "{err}"
+    );
+}
+
+#[test]
+fn s3_settings_errors_are_exit_2_one_line_naming_the_key() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("s3.yml");
+    std::fs::write(
+        &cfg,
+        "version: 0.1\nstorage:\n  s3:\n    region: eu-west-1\n",
+    )
+    .unwrap();
+    let o = regclean()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("app")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("storage.s3.bucket") && err.lines().count() == 1,
+        "{err}"
+    );
+    // The environment overrides the file, as for the registry.
+    let o = regclean()
+        .arg("--config")
+        .arg(&cfg)
+        .env("REGISTRY_STORAGE_S3_BUCKET", "b")
+        .env("REGISTRY_STORAGE_S3_V4AUTH", "false")
+        .arg("app")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("v4auth"),
+        "{}",
+        text(&o)
+    );
+}

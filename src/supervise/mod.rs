@@ -215,6 +215,14 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     });
     let storage = std::env::var("REGISTRY_STORAGE").ok();
     let loc = config::locate(root, cfg.clone(), storage.as_deref()).map_err(|e| e.to_string())?;
+    if let config::Backend::S3(s3) = &loc.backend {
+        // Its control socket and pull activity live in the store's state directory, which a
+        // bucket does not have on this host.
+        return Err(format!(
+            "the registry's storage is {} (s3 driver): the supervisor needs a filesystem store; on object storage, stop the registries (or make them read-only) and run `regclean --registry-stopped`",
+            s3.url()
+        ));
+    }
     let drain = humantime::parse_duration(&args.drain)
         .map_err(|e| format!("--drain '{}': {e}", args.drain))?;
     let schedule = args
