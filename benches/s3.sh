@@ -9,7 +9,7 @@
 # Per store: (1) dry runs, alternated on one bucket: `regclean -n --gc-only --keep-untagged`
 # against `docker-registry garbage-collect --dry-run` (both mark every revision and list every
 # blob); (2) real collections, each on a fresh upload of the same store after the same
-# removal (`regclean --no-gc` of a third of the repositories): `regclean --gc-only
+# removal (`regclean --no-gc --registry-stopped` of three namespaces' repositories): `regclean --gc-only
 # --keep-untagged --registry-stopped` against `docker-registry garbage-collect`, both
 # collecting exactly the same blobs (checked: the same number of keys left).
 # Needs: /usr/bin/time, docker-registry, weed, cargo.
@@ -73,7 +73,7 @@ YML
 fresh() {
     bucket "$1"
     weed filer.copy -c 16 "$2/docker" "http://127.0.0.1:$((P + 2))/buckets/$1/reg/" >/dev/null 2>&1
-    "$BIN" --config "$(config "$1")" --no-gc -q 'team0/*' 'team1/*' 'team2/*' >/dev/null
+    "$BIN" --config "$(config "$1")" --no-gc --registry-stopped -q 'team0/*' 'team1/*' 'team2/*' >/dev/null
 }
 # timed KEY CMD...: wall seconds of CMD appended to $WORK/KEY.
 timed() {

@@ -141,6 +141,12 @@ fn s3_full_clean_frees_exactly_the_unneeded_blobs_and_everything_left_pulls() {
     );
 
     w.r.serve(&[]);
+    assert_eq!(
+        w.r.catalog(),
+        ["app", "list", "multi", "team/app/api"],
+        "a removed repository leaves the catalog (no emptied _layers or _manifests directory left)"
+    );
+    assert_eq!(listed_tags(&w.r, "multi"), Vec::<String>::new());
     w.r.assert_pull(&["app:v2", "list:v1", "team/app/api:v1"]);
     w.r.assert_gone(&["app:v1", "multi:v1", "team/app:v1"]);
     let (status, _) =

@@ -285,11 +285,20 @@ pub fn apply(
         ("manifest revisions", std::mem::take(&mut phases.manifests)),
         ("layer links and uploads", std::mem::take(&mut phases.links)),
     ];
+    // Repositories whose own parts go (the catalog of 2.8 lists a repository while its
+    // `_layers` directory exists, even empty).
     let removed_repos: Vec<String> = plan
         .removals
         .iter()
         .filter(|r| matches!(r.what, What::Repository { .. }))
         .map(|r| repo_key(&r.repo, ""))
+        .chain(
+            prep.report
+                .layers_removed
+                .iter()
+                .filter(|_| prep.run)
+                .map(|r| repo_key(r, "")),
+        )
         .collect();
     for (what, mut keys) in steps {
         keys.sort();
@@ -326,19 +335,17 @@ pub fn apply(
 /// last object goes, and list it as a common prefix: the registry would then list a removed tag
 /// in `tags/list` (it lists `_manifests/tags/` with a delimiter). Deleting the directory key
 /// (`…/v1/`) removes it there, and is a no-op where directories do not exist (AWS S3). Only
-/// directories below the layout's fixed levels are named: a tag's own directory and below
-/// (`_manifests/tags/` stays), a revision's, a layer link's and a blob's own directory, an
-/// upload's; for a removed repository also its `_manifests`, `_layers`, `_uploads` (never the
-/// repository's own directory, which may hold nested repositories). A store that holds
-/// something new there keeps the directory (a non-empty directory is not deleted).
+/// what the registry lists by directory is named: a removed tag's directory and below, and
+/// `_manifests/tags/` (deleted only if empty), and a removed repository's `_manifests`, `_layers`, `_uploads`
+/// and below (never the repository's own directory, which may hold nested repositories; the
+/// catalog finds repositories by their `_manifests`). Everything else the registry reads by
+/// walking files (revisions, layer links, blobs), where an empty directory is nothing: those
+/// are left to the store's own cleanup, which spares a request per swept blob. A store that
+/// holds something new there keeps the directory (a non-empty directory is not deleted).
 fn emptied_dirs(keys: &[String], removed_repos: &[String]) -> Vec<Vec<String>> {
-    const FIXED: [&str; 5] = [
-        "/_manifests/tags/",
-        "/_manifests/revisions/sha256/",
-        "/_layers/sha256/",
-        "/_uploads/",
-        "blobs/sha256/",
-    ];
+    // A removed tag's directory, and `tags/` itself once empty: SeaweedFS lists an empty
+    // `tags/` as an object named "", which the registry would list as a tag.
+    const TAGS: &str = "/_manifests/tags/";
     let mut by_depth: std::collections::BTreeMap<usize, std::collections::BTreeSet<String>> =
         Default::default();
     for k in keys {
@@ -352,16 +359,10 @@ fn emptied_dirs(keys: &[String], removed_repos: &[String]) -> Vec<Vec<String>> {
         };
         let stop = match removed_repos.iter().find(|r| own(r)) {
             Some(r) => r.len(),
-            None => FIXED
-                .iter()
-                .find_map(|f| k.find(f).map(|i| i + f.len()))
-                .unwrap_or(k.len()),
-        };
-        // Blob fan-out directories (`blobs/sha256/xx/`) are shared: stop below them.
-        let stop = if k.contains("blobs/sha256/") && !k.contains("/repositories/") {
-            stop + 3
-        } else {
-            stop
+            None => match k.find(TAGS) {
+                Some(i) => i + "/_manifests/".len(),
+                None => continue,
+            },
         };
         let mut end = k.len();
         while let Some(i) = k[..end].rfind('/') {
@@ -409,10 +410,8 @@ fn sweep_blobs(bucket: &Bucket, prep: &mut Prepared, done: &mut Done) {
         .iter()
         .map(|(d, _)| format!("{V2}{}", d.blob_rel_path()))
         .collect();
-    let dirs = emptied_dirs(&keys, &[]);
     let errs = bucket.delete(keys);
     if errs.is_empty() {
-        delete_dirs(bucket, dirs);
         prep.report.freed_blobs = blobs.len();
         prep.report.freed_bytes = blobs.iter().map(|(_, s)| s).sum();
         done.keys += blobs.len() as u64;
@@ -444,8 +443,12 @@ mod tests {
         format!("{V2}{k}")
     }
 
+    fn flat(levels: Vec<Vec<String>>) -> Vec<String> {
+        levels.into_iter().flatten().collect()
+    }
+
     #[test]
-    fn emptied_directories_stop_at_the_layouts_fixed_levels() {
+    fn emptied_directories_are_a_removed_tags_own_deepest_first() {
         let h = "a".repeat(64);
         let keys = vec![
             v2(&format!(
@@ -457,24 +460,23 @@ mod tests {
             )),
             v2(&format!("blobs/sha256/aa/{h}/data")),
         ];
-        let dirs: Vec<String> = emptied_dirs(&keys, &[]).into_iter().flatten().collect();
+        let dirs = flat(emptied_dirs(&keys, &[]));
         assert!(dirs.contains(&v2("repositories/app/_manifests/tags/v1/")));
         assert!(dirs.contains(&v2("repositories/app/_manifests/tags/v1/index/sha256/")));
-        assert!(dirs.contains(&v2(&format!(
-            "repositories/app/_manifests/revisions/sha256/{h}/"
-        ))));
-        assert!(dirs.contains(&v2(&format!("blobs/sha256/aa/{h}/"))));
+        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/")));
+        assert!(!dirs.contains(&v2("repositories/app/_manifests/")));
         for kept in [
-            "repositories/app/_manifests/tags/",
-            "repositories/app/_manifests/revisions/sha256/",
-            "blobs/sha256/aa/",
-            "repositories/app/",
+            format!("repositories/app/_manifests/revisions/sha256/{h}/"),
+            format!("blobs/sha256/aa/{h}/"),
+            "blobs/sha256/aa/".to_string(),
+            "repositories/app/".to_string(),
         ] {
-            assert!(!dirs.contains(&v2(kept)), "{kept} must stay: {dirs:?}");
+            assert!(!dirs.contains(&v2(&kept)), "{kept} must stay: {dirs:?}");
         }
-        // Deepest first.
-        let levels = emptied_dirs(&keys, &[]);
-        let depths: Vec<usize> = levels.iter().map(|l| l[0].matches('/').count()).collect();
+        let depths: Vec<usize> = emptied_dirs(&keys, &[])
+            .iter()
+            .map(|l| l[0].matches('/').count())
+            .collect();
         assert!(depths.windows(2).all(|w| w[0] > w[1]), "{depths:?}");
     }
 
@@ -484,24 +486,20 @@ mod tests {
         let keys = vec![
             v2(&format!("repositories/team/app/_layers/sha256/{h}/link")),
             v2("repositories/team/app/_manifests/tags/v1/current/link"),
+            v2(&format!(
+                "repositories/team/app/api/_layers/sha256/{h}/link"
+            )),
         ];
-        let mut keys = keys;
-        keys.push(v2(&format!(
-            "repositories/team/app/api/_layers/sha256/{h}/link"
-        )));
-        let dirs: Vec<String> = emptied_dirs(&keys, &[v2("repositories/team/app/")])
-            .into_iter()
-            .flatten()
-            .collect();
+        let dirs = flat(emptied_dirs(&keys, &[v2("repositories/team/app/")]));
         assert!(dirs.contains(&v2("repositories/team/app/_layers/")));
         assert!(dirs.contains(&v2("repositories/team/app/_manifests/")));
-        assert!(!dirs.contains(&v2("repositories/team/app/")));
-        assert!(!dirs.contains(&v2("repositories/team/")));
-        // A nested repository's stale link: its own directory only.
-        assert!(dirs.contains(&v2(&format!(
-            "repositories/team/app/api/_layers/sha256/{h}/"
-        ))));
-        assert!(!dirs.contains(&v2("repositories/team/app/api/_layers/sha256/")));
-        assert!(!dirs.contains(&v2("repositories/team/app/api/")));
+        for kept in [
+            "repositories/team/app/",
+            "repositories/team/",
+            "repositories/team/app/api/",
+            "repositories/team/app/api/_layers/",
+        ] {
+            assert!(!dirs.contains(&v2(kept)), "{kept} must stay: {dirs:?}");
+        }
     }
 }
