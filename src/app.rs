@@ -614,7 +614,7 @@ fn run_object(
     let store = S3Store::open(s3)?;
     let bucket = store.bucket.clone();
     tracing::info!("object store {}", bucket.url);
-    let _lock = match dry {
+    let lock = match dry {
         true => None,
         false => Some(object_change::acquire(bucket.clone(), settings.wait)?),
     };
@@ -673,7 +673,8 @@ fn run_object(
             ..Changes::default()
         }
     } else {
-        let (outcomes, done) = object_change::apply(&bucket, &plan, &mut prep);
+        let lock = lock.as_ref().expect("a run that changes holds the lock");
+        let (outcomes, done) = object_change::apply(&bucket, lock, &plan, &mut prep);
         Changes {
             outcomes,
             errors: done.errors,

@@ -245,7 +245,9 @@ fn s3_tag_removal_racing_a_push_of_the_same_tag_leaves_it_listed_but_unpullable(
     std::thread::sleep(Duration::from_secs(3));
     r.push(&oci_image(&[b"base", b"app v1 NEW"]), "app:v1");
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    // Either the removal won (exit 0, tag gone) or the push did (exit 1: the removal is
+    // reported as not done, the tag left whole); never a tag listed that does not pull.
+    assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", out(&o));
     let listed = tags(&r, "app").contains(&"v1".to_string());
     let pulls = r.pull("app:v1");
     assert!(
@@ -285,7 +287,7 @@ fn s3_repository_removal_racing_a_repush_leaves_the_new_tag_unpullable() {
     std::thread::sleep(Duration::from_secs(3));
     r.push(&img, "app2:b");
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", out(&o));
     let listed = tags(&r, "app2").contains(&"b".to_string());
     let pulls = r.pull("app2:b");
     assert!(

@@ -42,15 +42,36 @@ pub struct Bucket {
 impl Bucket {
     /// Connects (lazily: the first request tells whether the bucket answers).
     pub fn open(s: &S3Settings) -> Result<Bucket> {
-        let mut b = AmazonS3Builder::from_env()
+        // Not `from_env()`: it would also take AWS_ENDPOINT, AWS_REGION and the like, which
+        // registry 2.8 ignores (regclean must clean the bucket the registry serves). The
+        // standard credential variables are used only when the config names no keys, as the
+        // registry's credential chain does.
+        let mut b = AmazonS3Builder::new()
             .with_bucket_name(&s.bucket)
             .with_region(&s.region)
             .with_conditional_put(S3ConditionalPut::ETagMatch);
-        if let Some((a, k)) = &s.keys {
-            b = b.with_access_key_id(a).with_secret_access_key(k);
-        }
-        if let Some(t) = &s.session_token {
-            b = b.with_token(t);
+        match &s.keys {
+            Some((a, k)) => {
+                b = b.with_access_key_id(a).with_secret_access_key(k);
+                if let Some(t) = &s.session_token {
+                    b = b.with_token(t);
+                }
+            }
+            None => {
+                for (var, key) in [
+                    ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+                    ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+                    ("AWS_SESSION_TOKEN", "aws_session_token"),
+                    (
+                        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                        "aws_container_credentials_relative_uri",
+                    ),
+                ] {
+                    if let (Ok(v), Ok(k)) = (std::env::var(var), key.parse()) {
+                        b = b.with_config(k, v);
+                    }
+                }
+            }
         }
         if let Some(e) = &s.endpoint {
             let url = if e.contains("://") {
@@ -60,11 +81,32 @@ impl Bucket {
             } else {
                 format!("http://{e}")
             };
+            let host = url
+                .split("://")
+                .nth(1)
+                .unwrap_or("")
+                .split(['/', ':'])
+                .next()
+                .unwrap_or("");
+            if !s.path_style && host.parse::<std::net::IpAddr>().is_ok() {
+                return Err(Error::Usage(format!(
+                    "storage.s3 (from {}): forcepathstyle is false but regionendpoint {url} is an IP address, which cannot carry the bucket in its host name",
+                    s.source
+                )));
+            }
             b = b
                 .with_allow_http(url.starts_with("http://"))
                 .with_endpoint(virtual_host(&url, &s.bucket, s.path_style));
         }
         b = b.with_virtual_hosted_style_request(!s.path_style);
+        if !s.prefix.is_empty() {
+            Path::parse(&s.prefix).map_err(|e| {
+                Error::Usage(format!(
+                    "storage.s3.rootdirectory '/{}' (from {}): regclean's client cannot name these keys exactly ({e})",
+                    s.prefix, s.source
+                ))
+            })?;
+        }
         let store = b.build().map_err(|e| {
             Error::Usage(format!(
                 "storage.s3 (from {}): cannot use these settings: {e}",
@@ -89,8 +131,12 @@ impl Bucket {
         })
     }
 
+    /// The key as is (never percent-encoded: the layout's keys are plain; a listed odd key
+    /// that `object_store` cannot name is named as close as it can, and a delete of it only
+    /// misses).
     fn path(&self, rel: &str) -> Path {
-        Path::from(format!("{}{rel}", self.prefix))
+        let full = format!("{}{rel}", self.prefix);
+        Path::parse(&full).unwrap_or_else(|_| Path::from(full))
     }
 
     fn rel(&self, p: &Path) -> String {
@@ -225,21 +271,65 @@ impl Bucket {
             .collect()
     }
 
-    /// Creates `rel` only if it does not exist (`If-None-Match: *`). `Ok(false)`: it exists.
-    pub fn create(&self, rel: &str, body: Vec<u8>) -> Result<bool> {
+    /// Creates `rel` only if it does not exist (`If-None-Match: *`). `Ok(None)`: it exists;
+    /// else its new ETag.
+    pub fn create(&self, rel: &str, body: Vec<u8>) -> Result<Option<String>> {
+        self.put_mode(rel, body, PutMode::Create)
+    }
+
+    /// Replaces `rel` only if its ETag is still `etag` (`If-Match`). `Ok(None)`: it changed.
+    pub fn replace(&self, rel: &str, body: Vec<u8>, etag: &str) -> Result<Option<String>> {
+        let v = object_store::UpdateVersion {
+            e_tag: Some(etag.to_string()),
+            version: None,
+        };
+        self.put_mode(rel, body, PutMode::Update(v))
+    }
+
+    fn put_mode(&self, rel: &str, body: Vec<u8>, mode: PutMode) -> Result<Option<String>> {
         self.count(1);
         let opts = PutOptions {
-            mode: PutMode::Create,
+            mode,
             ..Default::default()
         };
         match self.rt.block_on(
             self.store
                 .put_opts(&self.path(rel), PutPayload::from(body), opts),
         ) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(object_store::Error::Precondition { .. }) => Ok(false),
-            Err(e) => Err(self.fail("creating", rel, e)),
+            Ok(r) => Ok(Some(r.e_tag.unwrap_or_default())),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("writing", rel, e)),
+        }
+    }
+
+    /// Reads one small object with its modification time and ETag; `None` if absent.
+    pub fn get_meta(&self, rel: &str) -> Result<Option<(Vec<u8>, SystemTime, String)>> {
+        self.count(1);
+        self.rt.block_on(async {
+            let got = match self.store.get(&self.path(rel)).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.fail("reading", rel, e)),
+            };
+            let t: SystemTime = got.meta.last_modified.into();
+            let etag = got.meta.e_tag.clone().unwrap_or_default();
+            let b = got
+                .bytes()
+                .await
+                .map_err(|e| self.fail("reading", rel, e))?;
+            Ok(Some((b.to_vec(), t, etag)))
+        })
+    }
+
+    /// Deletes one key with a plain DELETE (not a bulk request: a store or policy that refuses
+    /// DeleteObjects may still allow it, and a lock must be released whenever possible).
+    pub fn delete_one(&self, rel: &str) -> Result<()> {
+        self.count(1);
+        match self.rt.block_on(self.store.delete(&self.path(rel))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail("deleting", rel, e)),
         }
     }
 
@@ -250,24 +340,6 @@ impl Bucket {
             .block_on(self.store.put(&self.path(rel), PutPayload::from(body)))
             .map(|_| ())
             .map_err(|e| self.fail("writing", rel, e))
-    }
-
-    /// Reads one small object with its modification time; `None` if absent.
-    pub fn get_with_time(&self, rel: &str) -> Result<Option<(Vec<u8>, SystemTime)>> {
-        self.count(1);
-        self.rt.block_on(async {
-            let got = match self.store.get(&self.path(rel)).await {
-                Ok(g) => g,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(self.fail("reading", rel, e)),
-            };
-            let t: SystemTime = got.meta.last_modified.into();
-            let b = got
-                .bytes()
-                .await
-                .map_err(|e| self.fail("reading", rel, e))?;
-            Ok(Some((b.to_vec(), t)))
-        })
     }
 }
 

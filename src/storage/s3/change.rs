@@ -42,6 +42,7 @@ pub const STALE: Duration = Duration::from_secs(300);
 /// A held lock object: rewritten every [`HEARTBEAT`] by a thread, deleted on drop.
 pub struct Lock {
     bucket: Arc<Bucket>,
+    body: Vec<u8>,
     stop: Arc<AtomicBool>,
     beat: Option<std::thread::JoinHandle<()>>,
 }
@@ -53,19 +54,38 @@ impl Drop for Lock {
             t.thread().unpark();
             let _ = t.join();
         }
-        let _ = self.bucket.delete(vec![LOCK_KEY.to_string()]);
+        // Only our own lock: a run that took it over (ours went stale) keeps its own.
+        match self.bucket.get_meta(LOCK_KEY) {
+            Ok(Some((b, _, _))) if b == self.body => {
+                if let Err(e) = self.bucket.delete_one(LOCK_KEY) {
+                    tracing::error!(
+                        "releasing the lock: {e}; delete {}/{LOCK_KEY} once no regclean runs, or the next run waits {}s for it to go stale",
+                        self.bucket.url,
+                        STALE.as_secs()
+                    );
+                }
+            }
+            Ok(_) => tracing::warn!(
+                "{}/{LOCK_KEY} is no longer this run's (taken over while it was stale): left to its holder",
+                self.bucket.url
+            ),
+            Err(e) => tracing::error!("releasing the lock: {e}"),
+        }
     }
 }
 
 /// Takes the store's lock object with a conditional create (`If-None-Match: *`), so two runs,
 /// even on different hosts, cannot both hold it. One that holds it is refused with its owner
-/// named (exit 3), or waited for with `--wait`. A lock object older than [`STALE`] is taken
-/// over (its run died: the heartbeat stopped).
+/// named (exit 3), or waited for with `--wait`. A lock object not renewed for [`STALE`] (its
+/// run died: the heartbeat stopped) is taken over by a conditional replace (`If-Match` on the
+/// ETag that was read): of several runs taking over at once, one wins, and a run that renews
+/// meanwhile keeps it. The age is the local clock against the store's `Last-Modified`: hosts
+/// whose clocks differ by more than [`STALE`] could take over a live lock.
 ///
-/// Where the service ignores `If-None-Match` (older S3-compatible stores), the create always
-/// "succeeds": two runs started at the same moment could then both proceed. The read-back
-/// below catches the one whose token was overwritten, which narrows that window to the
-/// seconds between their first requests; say so to operators of such stores (README).
+/// Where the service ignores the preconditions (older S3-compatible stores), the create or
+/// replace always "succeeds": the read-back below catches a run whose lock was overwritten in
+/// the same instant, which narrows the window to the seconds between their requests; say so
+/// to operators of such stores (README).
 pub fn acquire(bucket: Arc<Bucket>, wait: WaitMode) -> Result<Lock> {
     let token = format!(
         "{}-{}-{}",
@@ -84,21 +104,11 @@ pub fn acquire(bucket: Arc<Bucket>, wait: WaitMode) -> Result<Lock> {
     })
     .to_string()
     .into_bytes();
-    loop {
-        if bucket.create(LOCK_KEY, body.clone())? {
-            // Read back: a service that ignored the precondition shows another run's token.
-            match bucket.get_with_time(LOCK_KEY)? {
-                Some((b, _)) if b == body => break,
-                _ => {
-                    return Err(Error::Unsafe(format!(
-                        "another regclean run overwrote {}/{LOCK_KEY} as this one took it (the service may ignore If-None-Match): nothing was changed; run again",
-                        bucket.url
-                    )))
-                }
-            }
+    let etag = loop {
+        if let Some(etag) = bucket.create(LOCK_KEY, body.clone())? {
+            break read_back(&bucket, &body, etag)?;
         }
-        let held = bucket.get_with_time(LOCK_KEY)?;
-        let Some((owner, modified)) = held else {
+        let Some((owner, modified, etag)) = bucket.get_meta(LOCK_KEY)? else {
             continue; // released meanwhile
         };
         let age = SystemTime::now()
@@ -111,7 +121,11 @@ pub fn acquire(bucket: Arc<Bucket>, wait: WaitMode) -> Result<Lock> {
                 age.as_secs(),
                 String::from_utf8_lossy(&owner)
             );
-            bucket.delete(vec![LOCK_KEY.to_string()]);
+            if let Some(new) = bucket.replace(LOCK_KEY, body.clone(), &etag)? {
+                break read_back(&bucket, &body, new)?;
+            }
+            // Another run took it over or its holder renewed it: look again.
+            std::thread::sleep(Duration::from_secs(1));
             continue;
         }
         if wait == WaitMode::NoWait {
@@ -124,23 +138,61 @@ pub fn acquire(bucket: Arc<Bucket>, wait: WaitMode) -> Result<Lock> {
             )));
         }
         std::thread::sleep(Duration::from_secs(2));
-    }
+    };
     let stop = Arc::new(AtomicBool::new(false));
-    let (b, s) = (bucket.clone(), stop.clone());
-    let beat = std::thread::spawn(move || loop {
-        std::thread::park_timeout(HEARTBEAT);
-        if s.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Err(e) = b.put(LOCK_KEY, body.clone()) {
-            tracing::warn!("renewing the lock object: {e}");
+    let (b, s, own) = (bucket.clone(), stop.clone(), body.clone());
+    let beat = std::thread::spawn(move || {
+        let mut etag = etag;
+        loop {
+            std::thread::park_timeout(HEARTBEAT);
+            if s.load(Ordering::Relaxed) {
+                return;
+            }
+            match b.replace(LOCK_KEY, own.clone(), &etag) {
+                Ok(Some(new)) => etag = new,
+                Ok(None) => {
+                    tracing::error!(
+                        "the lock object {}/{LOCK_KEY} was taken over by another run",
+                        b.url
+                    );
+                    return;
+                }
+                Err(e) => tracing::warn!("renewing the lock object: {e}"),
+            }
         }
     });
     Ok(Lock {
         bucket,
+        body,
         stop,
         beat: Some(beat),
     })
+}
+
+impl Lock {
+    /// Is the lock object still this run's? A run whose lock was taken over (it stalled past
+    /// [`STALE`], or the clocks disagree) must stop before its next delete step.
+    pub fn check(&self) -> Result<()> {
+        match self.bucket.get_meta(LOCK_KEY)? {
+            Some((b, _, _)) if b == self.body => Ok(()),
+            _ => Err(Error::Failed(format!(
+                "{}/{LOCK_KEY} was taken over by another run: this run stopped before its next delete step",
+                self.bucket.url
+            ))),
+        }
+    }
+}
+
+/// After a create or replace: the lock must hold our body (a store that ignored the
+/// precondition may show another run's), else refuse (exit 3, nothing changed).
+fn read_back(bucket: &Bucket, body: &[u8], etag: String) -> Result<String> {
+    match bucket.get_meta(LOCK_KEY)? {
+        Some((b, _, e)) if b == body => Ok(if e.is_empty() { etag } else { e }),
+        _ => Err(Error::Unsafe(format!(
+            "another regclean run wrote {}/{LOCK_KEY} as this one took it (the service may ignore conditional writes): nothing was changed; run again",
+            bucket.url
+        ))),
+    }
 }
 
 fn hostname() -> String {
@@ -151,8 +203,8 @@ fn hostname() -> String {
 
 /// The pruning scope a killed run recorded (to be merged into this run's scope).
 pub fn pending_scope(bucket: &Bucket) -> Result<Vec<String>> {
-    Ok(match bucket.get_with_time(PENDING_KEY)? {
-        Some((b, _)) => serde_json::from_slice(&b).unwrap_or_default(),
+    Ok(match bucket.get_meta(PENDING_KEY)? {
+        Some((b, _, _)) => serde_json::from_slice(&b).unwrap_or_default(),
         None => Vec::new(),
     })
 }
@@ -162,6 +214,8 @@ pub fn pending_scope(bucket: &Bucket) -> Result<Vec<String>> {
 pub struct Done {
     /// Keys deleted (or already gone).
     pub keys: u64,
+    /// Removals left undone because the store changed under them, and why.
+    pub skipped: Vec<(crate::plan::Removal, String)>,
     /// What failed, with the key's store.
     pub errors: Vec<String>,
 }
@@ -199,6 +253,7 @@ impl Phases {
 /// revision whose tag could not be deleted must stay).
 pub fn apply(
     bucket: &Bucket,
+    lock: &Lock,
     plan: &Plan,
     prep: &mut Prepared,
 ) -> (Vec<crate::apply::Outcome>, Done) {
@@ -279,12 +334,6 @@ pub fn apply(
             .collect();
         prep.sweep.blobs = sweep.blobs;
     }
-    let steps = [
-        ("tag history entries", std::mem::take(&mut phases.history)),
-        ("tag links", std::mem::take(&mut phases.current)),
-        ("manifest revisions", std::mem::take(&mut phases.manifests)),
-        ("layer links and uploads", std::mem::take(&mut phases.links)),
-    ];
     // Repositories whose own parts go (the catalog of 2.8 lists a repository while its
     // `_layers` directory exists, even empty).
     let removed_repos: Vec<String> = plan
@@ -300,7 +349,12 @@ pub fn apply(
                 .map(|r| repo_key(r, "")),
         )
         .collect();
-    for (what, mut keys) in steps {
+    let step = |what: &str, keys: Vec<String>, done: &mut Done| -> bool {
+        if let Err(e) = lock.check() {
+            done.errors.push(e.to_string());
+            return false;
+        }
+        let mut keys = keys;
         keys.sort();
         keys.dedup();
         tracing::info!("deleting {} {what}", keys.len());
@@ -310,11 +364,47 @@ pub fn apply(
         done.keys += n - errs.len() as u64;
         if !errs.is_empty() {
             done.errors.extend(errs);
-            break;
+            return false;
         }
         delete_dirs(bucket, dirs);
-    }
+        true
+    };
+    // No atomic rename here: a registry that serves while a removal runs (removal alone is
+    // allowed then) may re-push what is being removed. Before each step that makes something
+    // unservable, what changed since the listing is looked at again and left whole.
+    // Registries may serve (removal alone, without --registry-stopped): then it looks again.
+    let live = prep.layers == crate::apply::Layers::Keep;
+    let _ = step(
+        "tag history entries",
+        std::mem::take(&mut phases.history),
+        &mut done,
+    ) && {
+        let mut current = std::mem::take(&mut phases.current);
+        if live {
+            current = unchanged_tag_links(bucket, plan, current, &mut done);
+        }
+        step("tag links", current, &mut done)
+    } && {
+        if live {
+            leftover_of_removed_tags(bucket, plan, &mut phases, &mut done);
+            repushed_repositories(bucket, plan, &mut phases, &mut done);
+        }
+        step(
+            "manifest revisions",
+            std::mem::take(&mut phases.manifests),
+            &mut done,
+        )
+    } && step(
+        "layer links and uploads",
+        std::mem::take(&mut phases.links),
+        &mut done,
+    );
     if prep.run {
+        if done.errors.is_empty() {
+            if let Err(e) = lock.check() {
+                done.errors.push(e.to_string());
+            }
+        }
         sweep_blobs(bucket, prep, &mut done);
         if done.errors.is_empty() {
             if let Err(e) = bucket
@@ -394,6 +484,130 @@ fn delete_dirs(bucket: &Bucket, dirs: Vec<Vec<String>>) {
     }
 }
 
+/// The planned digest of each removed tag's `current/link`, by key.
+fn planned_links(plan: &Plan) -> Vec<(String, &crate::plan::Removal, Option<String>)> {
+    plan.removals
+        .iter()
+        .filter_map(|r| match &r.what {
+            What::Tag { name, manifest } => Some((
+                super::layout::tag_current_key(&r.repo, name),
+                r,
+                manifest.map(|d| d.to_string()),
+            )),
+            What::Repository { .. } => None,
+        })
+        .collect()
+}
+
+/// The tag links still to delete: a tag whose `current/link` changed since the plan (re-pushed
+/// during the removal) is left whole, and its removal reported as not done.
+fn unchanged_tag_links(
+    bucket: &Bucket,
+    plan: &Plan,
+    mut current: Vec<String>,
+    done: &mut Done,
+) -> Vec<String> {
+    let planned = planned_links(plan);
+    let keys: Vec<String> = planned
+        .iter()
+        .filter(|(k, _, d)| d.is_some() && current.contains(k))
+        .map(|(k, _, _)| k.clone())
+        .collect();
+    for (k, now) in bucket.get_many(keys, 4096) {
+        let Some((_, r, Some(want))) = planned.iter().find(|(pk, _, _)| *pk == k) else {
+            continue;
+        };
+        let changed = match &now {
+            Ok(Some(b)) => b != want.as_bytes(),
+            Ok(None) => false,
+            Err(_) => true, // unknown: leave it
+        };
+        if changed {
+            current.retain(|c| *c != k);
+            done.skipped.push((
+                (*r).clone(),
+                "its tag link changed during the removal (re-pushed?): left in place".into(),
+            ));
+        }
+    }
+    current
+}
+
+/// After the tag links went: anything a push wrote meanwhile into a removed tag's directory
+/// (a history entry re-written for the same digest) is deleted when the tag has no
+/// `current/link` (it is then invisible to the registry but would be listed); a tag that has
+/// one again was re-pushed and stays.
+fn leftover_of_removed_tags(bucket: &Bucket, plan: &Plan, phases: &mut Phases, done: &mut Done) {
+    let prefixes: Vec<String> = planned_links(plan)
+        .iter()
+        .filter(|(_, r, _)| !done.skipped.iter().any(|(s, _)| s == *r))
+        .map(|(k, _, _)| k.trim_end_matches("current/link").to_string())
+        .collect();
+    if prefixes.is_empty() {
+        return;
+    }
+    let Ok(objs) = bucket.list(prefixes.clone()) else {
+        return;
+    };
+    for p in prefixes {
+        let keys: Vec<&str> = objs
+            .iter()
+            .map(|o| o.key.as_str())
+            .filter(|k| k.starts_with(&p))
+            .collect();
+        if keys.iter().any(|k| k.ends_with("/current/link")) {
+            if let Some((_, r, _)) = planned_links(plan)
+                .into_iter()
+                .find(|(k, _, _)| k.starts_with(&p))
+            {
+                done.skipped.push((
+                    r.clone(),
+                    "re-pushed during the removal: left in place".into(),
+                ));
+            }
+            continue;
+        }
+        phases.history.extend(keys.into_iter().map(str::to_string));
+    }
+    let rest = std::mem::take(&mut phases.history);
+    if !rest.is_empty() {
+        let dirs = emptied_dirs(&rest, &[]);
+        done.errors.extend(bucket.delete(rest));
+        delete_dirs(bucket, dirs);
+    }
+}
+
+/// Before a removed repository's revisions and layer links go: a repository that has a tag
+/// again was pushed to during the removal; its remaining keys stay (the new tag needs them)
+/// and the removal is reported as not done.
+fn repushed_repositories(bucket: &Bucket, plan: &Plan, phases: &mut Phases, done: &mut Done) {
+    for r in plan
+        .removals
+        .iter()
+        .filter(|r| matches!(r.what, What::Repository { .. }))
+    {
+        let base = format!("{V2}repositories/{}/", r.repo);
+        let tags = format!("{base}_manifests/tags/");
+        let Ok(objs) = bucket.list(vec![tags]) else {
+            continue;
+        };
+        if objs.iter().any(|o| o.key.ends_with("/current/link")) {
+            let own = |k: &String| {
+                ["_manifests/", "_layers/", "_uploads/"]
+                    .iter()
+                    .any(|p| k.starts_with(&format!("{base}{p}")))
+            };
+            phases.manifests.retain(|k| !own(k));
+            phases.links.retain(|k| !own(k));
+            done.skipped.push((
+                r.clone(),
+                "a tag was pushed to it during the removal: its remaining keys were left in place"
+                    .into(),
+            ));
+        }
+    }
+}
+
 /// Step 5: the blobs nothing references, only when every earlier step succeeded (otherwise
 /// the store is not what the prediction was made on).
 fn sweep_blobs(bucket: &Bucket, prep: &mut Prepared, done: &mut Done) {
@@ -430,7 +644,12 @@ fn outcomes(plan: &Plan, done: &Done) -> Vec<crate::apply::Outcome> {
         .iter()
         .map(|r| crate::apply::Outcome {
             removal: r.clone(),
-            error: done.errors.first().cloned(),
+            error: done
+                .skipped
+                .iter()
+                .find(|(s, _)| s == r)
+                .map(|(_, why)| why.clone())
+                .or_else(|| done.errors.first().cloned()),
         })
         .collect()
 }

@@ -65,7 +65,13 @@ impl crate::storage::Storage for S3Store {
         let current = self.bucket.get_many(listing.current_links(), 4096);
         let mut map = std::collections::HashMap::new();
         for (k, r) in current {
-            map.insert(k, r.ok().flatten());
+            // A tag link that was listed but cannot be read (denied, throttled, a server error
+            // after retries) is not a missing link: taking it for one would prune and collect
+            // a live image. The run stops before any change.
+            match r {
+                Ok(b) => map.insert(k, b),
+                Err(e) => return Err(crate::error::Error::Failed(format!("{e}: a tag link that cannot be read makes the inventory unknowable; nothing was changed"))),
+            };
         }
         Ok(listing.inventory(&map))
     }

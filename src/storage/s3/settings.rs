@@ -25,7 +25,9 @@ pub struct S3Settings {
     pub session_token: Option<String>,
     /// `secure` (default true): HTTPS. `false` allows plain HTTP to the endpoint.
     pub secure: bool,
-    /// `forcepathstyle` (default false): `endpoint/bucket/key` rather than `bucket.endpoint/key`.
+    /// `forcepathstyle`: `endpoint/bucket/key` rather than `bucket.endpoint/key`. Registry 2.8
+    /// has no such setting and always uses path style with a `regionendpoint`; so the default
+    /// is path style with an endpoint, virtual-hosted without (AWS).
     pub path_style: bool,
     /// Where the settings came from, for messages.
     pub source: String,
@@ -133,7 +135,7 @@ pub fn read(
         keys,
         session_token: text("sessiontoken"),
         secure: flag("secure", true)?,
-        path_style: flag("forcepathstyle", false)?,
+        path_style: flag("forcepathstyle", text("regionendpoint").is_some())?,
         source: from,
     })
 }
@@ -183,6 +185,15 @@ mod tests {
         })
         .unwrap();
         assert!(s.secure && !s.path_style && s.keys.is_none() && s.prefix.is_empty());
+        // 2.8 has no forcepathstyle: with an endpoint it uses path style.
+        let s = read(
+            Some(&cfg(
+                "storage:\n  s3:\n    bucket: b\n    regionendpoint: http://10.0.0.1:9000\n",
+            )),
+            &|_| None,
+        )
+        .unwrap();
+        assert!(s.path_style);
     }
 
     #[test]
