@@ -1,5 +1,6 @@
-//! Adversarial tests of the object-storage backend: each test reproduces one confirmed defect
-//! and fails until it is fixed. Faults are injected with a small HTTP proxy between regclean
+//! Adversarial tests of the object-storage backend: each test reproduces one defect an
+//! adversarial review confirmed (named after it; the doc comments describe the defect as it
+//! was) and pins its fix. Faults are injected with a small HTTP proxy between regclean
 //! and SeaweedFS's S3 gateway (regclean is pointed at it with
 //! `REGISTRY_STORAGE_S3_REGIONENDPOINT`; the registry keeps talking to SeaweedFS directly).
 
