@@ -421,3 +421,91 @@ fn pulled_within_keeps_a_pulled_tag_and_a_pulled_digest_and_removes_the_unpulled
         "the user's own endpoint still gets events"
     );
 }
+
+/// TLS is the registry's own (`http.tls`): the supervisor relays bytes and never terminates
+/// it. Pushes, pulls and an online cycle work through it over HTTPS with the registry's
+/// certificate.
+#[test]
+fn tls_passes_through_the_supervisor_untouched() {
+    if !e2e_available() {
+        return;
+    }
+    let (_t, _root, h) = fresh();
+    let dir = h.tmp.path().to_path_buf();
+    let o = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl");
+    assert!(o.status.success(), "{}", text(&o));
+    let mut cfg = std::fs::read_to_string(&h.config).unwrap();
+    cfg.push_str(&format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    ));
+    std::fs::write(&h.config, cfg).unwrap();
+    let log = std::fs::File::create(dir.join("supervisor.log")).unwrap();
+    let _sup = Sup(regclean()
+        .args([
+            "supervise",
+            "--drain",
+            "5s",
+            "--",
+            "docker-registry",
+            "serve",
+        ])
+        .arg(&h.config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    // Served over TLS only: the first successful push proves the handshake went through.
+    let img = oci_image(&[b"tls base", b"tls v1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = Command::new("skopeo")
+            .args(["copy", "--all", "--dest-tls-verify=false", "-q"])
+            .arg(format!("dir:{}", img.dir.display()))
+            .arg(format!("docker://127.0.0.1:{}/app:v1", h.port))
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no push over TLS: {}\n{}",
+            text(&o),
+            log_of(&h)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, body) = h.get("/v2/").unwrap_or((0, String::new()));
+    assert_ne!(status, 200, "plain HTTP must not be served: {body}");
+    h.push(&oci_image(&[b"tls base", b"tls v2"]), "app:v2");
+    let o = h.regclean(&["--json", "app:v1"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), log_of(&h));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["supervisor"]["exit_code"], 0, "the online cycle ran: {j}");
+    assert!(
+        j["supervisor"]["report"]["gc"]["freed_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "the cycle freed app:v1's blobs: {j}"
+    );
+    h.assert_pull(&["app:v2"]);
+    assert!(h.pull("app:v1").is_err(), "app:v1 was removed");
+}
