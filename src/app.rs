@@ -502,17 +502,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
             gc_cfg.as_ref(),
             &mut timer,
         )?,
-        _ => Changes {
-            outcomes: plan
-                .removals
-                .iter()
-                .map(|r| apply::Outcome {
-                    removal: r.clone(),
-                    error: None,
-                })
-                .collect(),
-            ..Changes::default()
-        },
+        _ => Changes::planned(&plan),
     };
     timer.lap("report");
     let mut report = build_report(&loc, dry, plan, prep, inv.oddities, changes, timer);
@@ -661,17 +651,7 @@ fn run_object(
     }
     timer.lap("predict");
     let changes = if dry {
-        Changes {
-            outcomes: plan
-                .removals
-                .iter()
-                .map(|r| apply::Outcome {
-                    removal: r.clone(),
-                    error: None,
-                })
-                .collect(),
-            ..Changes::default()
-        }
+        Changes::planned(&plan)
     } else {
         let lock = lock.as_ref().expect("a run that changes holds the lock");
         let (outcomes, done) = object_change::apply(&bucket, lock, &plan, &mut prep);
@@ -719,6 +699,23 @@ struct Changes {
     errors: Vec<String>,
     deleted: Deleted,
     rolled_back: bool,
+}
+
+impl Changes {
+    /// A dry run (or nothing to change): every planned removal, none carried out.
+    fn planned(plan: &plan::Plan) -> Changes {
+        Changes {
+            outcomes: plan
+                .removals
+                .iter()
+                .map(|r| apply::Outcome {
+                    removal: r.clone(),
+                    error: None,
+                })
+                .collect(),
+            ..Changes::default()
+        }
+    }
 }
 
 /// The changing stages, once nothing before them refused: apply (removal, pruning, leftover
