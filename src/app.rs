@@ -654,12 +654,19 @@ fn run_object(
         Changes::planned(&plan)
     } else {
         let lock = lock.as_ref().expect("a run that changes holds the lock");
-        let (outcomes, done) = object_change::apply(&bucket, lock, &plan, &mut prep);
+        let (outcomes, done) = object_change::apply(
+            &bucket,
+            lock,
+            &plan,
+            &mut prep,
+            &store.holding.lock().unwrap(),
+        );
         Changes {
             outcomes,
             errors: done.errors,
             deleted: Deleted {
                 files: done.keys,
+                dirs: done.dirs,
                 bytes: prep.report.freed_bytes,
                 ..Deleted::default()
             },

@@ -183,7 +183,11 @@ impl Registry {
     }
 
     /// Starts a registry on the `s3` driver, on a new bucket of `weed` under `rootdirectory`
-    /// `/reg/root`.
+    /// `/reg/root`. Its upload purger is off: registry 2.8 leaves empty directories on
+    /// SeaweedFS after every push (`_uploads/<id>/hashstates/sha256/`), and its purger panics
+    /// on them when it runs (at a random minute of the first hour, so in 1 start of 60 right
+    /// away; distribution/distribution#4590). That regclean removes them is checked directly,
+    /// by [`Bucket::purger_hazards`].
     pub fn start_s3(weed: &Seaweed) -> Registry {
         let tmp = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -192,7 +196,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  s3:\n    region: us-east-1\n    regionendpoint: http://127.0.0.1:{}\n    bucket: {}\n    accesskey: {}\n    secretkey: {}\n    secure: false\n    forcepathstyle: true\n    v4auth: true\n    rootdirectory: /reg/root\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n  s3:\n    region: us-east-1\n    regionendpoint: http://127.0.0.1:{}\n    bucket: {}\n    accesskey: {}\n    secretkey: {}\n    secure: false\n    forcepathstyle: true\n    v4auth: true\n    rootdirectory: /reg/root\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
                 weed.s3_port, bucket.name, SEAWEED_KEY, SEAWEED_SECRET
             ),
         )
@@ -730,41 +734,79 @@ impl Bucket {
         let mut out = Vec::new();
         let mut dirs = vec![base.clone()];
         while let Some(d) = dirs.pop() {
-            let mut last = String::new();
-            loop {
-                let mut s = TcpStream::connect(("127.0.0.1", self.filer_port)).unwrap();
-                write!(s, "GET {d}/?limit=1000&lastFileName={last} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n").unwrap();
-                let mut buf = String::new();
-                s.read_to_string(&mut buf).unwrap();
-                let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-                    break;
-                };
-                let entries = v["Entries"].as_array().cloned().unwrap_or_default();
-                for e in &entries {
-                    let path = e["FullPath"].as_str().unwrap().to_string();
-                    if e["Mode"].as_u64().unwrap_or(0) & (1 << 31) != 0 {
-                        dirs.push(path);
-                    } else {
-                        let rel = path[base.len() + 1..].to_string();
-                        out.push((rel, e["FileSize"].as_u64().unwrap_or(0)));
-                    }
-                }
-                match (v["ShouldDisplayLoadMore"].as_bool(), entries.last()) {
-                    (Some(true), Some(e)) => {
-                        last = e["FullPath"]
-                            .as_str()
-                            .unwrap()
-                            .rsplit('/')
-                            .next()
-                            .unwrap()
-                            .to_string()
-                    }
-                    _ => break,
+            for (path, is_dir, size) in self.entries(&d) {
+                if is_dir {
+                    dirs.push(path);
+                } else {
+                    out.push((path[base.len() + 1..].to_string(), size));
                 }
             }
         }
         out.sort();
+        out
+    }
+
+    /// The empty directories registry 2.8's upload purger walks into, where it panics
+    /// (`purgeuploads.go`: the `dir/` object of an empty directory has an empty name): every
+    /// directory below `repositories/` except those named `_…` other than `_uploads`, and
+    /// everything below `_uploads`. Read through the filer.
+    pub fn purger_hazards(&self) -> Vec<String> {
+        let base = format!(
+            "/buckets/{}/reg/root/docker/registry/v2/repositories",
+            self.name
+        );
+        let mut out = Vec::new();
+        let mut dirs = vec![(base.clone(), false)];
+        while let Some((d, in_uploads)) = dirs.pop() {
+            let entries = self.entries(&d);
+            if entries.is_empty() && d != base {
+                out.push(d[base.len() + 1..].to_string());
+            }
+            for (path, is_dir, _) in entries {
+                let name = path.rsplit('/').next().unwrap().to_string();
+                if is_dir && (in_uploads || !name.starts_with('_') || name == "_uploads") {
+                    dirs.push((path, in_uploads || name == "_uploads"));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The entries of filer directory `d`: (full path, is a directory, size).
+    fn entries(&self, d: &str) -> Vec<(String, bool, u64)> {
+        let mut out = Vec::new();
+        let mut last = String::new();
+        loop {
+            let mut s = TcpStream::connect(("127.0.0.1", self.filer_port)).unwrap();
+            write!(s, "GET {d}/?limit=1000&lastFileName={last} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n").unwrap();
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+                break;
+            };
+            let entries = v["Entries"].as_array().cloned().unwrap_or_default();
+            for e in &entries {
+                out.push((
+                    e["FullPath"].as_str().unwrap().to_string(),
+                    e["Mode"].as_u64().unwrap_or(0) & (1 << 31) != 0,
+                    e["FileSize"].as_u64().unwrap_or(0),
+                ));
+            }
+            match (v["ShouldDisplayLoadMore"].as_bool(), entries.last()) {
+                (Some(true), Some(e)) => {
+                    last = e["FullPath"]
+                        .as_str()
+                        .unwrap()
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                }
+                _ => break,
+            }
+        }
         out
     }
 }

@@ -19,6 +19,7 @@
 //! where the killed run would have.
 
 use super::bucket::Bucket;
+use super::dirs;
 use super::layout::V2;
 use crate::collect::{GcStatus, Prepared};
 use crate::error::{Error, Result};
@@ -214,6 +215,8 @@ pub fn pending_scope(bucket: &Bucket) -> Result<Vec<String>> {
 pub struct Done {
     /// Keys deleted (or already gone).
     pub keys: u64,
+    /// Empty directories deleted that were there before the run (see [`dirs::hollow`]).
+    pub dirs: u64,
     /// Removals left undone because the store changed under them, and why.
     pub skipped: Vec<(crate::plan::Removal, String)>,
     /// What failed, with the key's store.
@@ -256,6 +259,7 @@ pub fn apply(
     lock: &Lock,
     plan: &Plan,
     prep: &mut Prepared,
+    holding: &std::collections::BTreeSet<String>,
 ) -> (Vec<crate::apply::Outcome>, Done) {
     let mut done = Done::default();
     let repo_key = |repo: &str, rest: &str| format!("{V2}repositories/{repo}/{rest}");
@@ -334,21 +338,6 @@ pub fn apply(
             .collect();
         prep.sweep.blobs = sweep.blobs;
     }
-    // Repositories whose own parts go (the catalog of 2.8 lists a repository while its
-    // `_layers` directory exists, even empty).
-    let removed_repos: Vec<String> = plan
-        .removals
-        .iter()
-        .filter(|r| matches!(r.what, What::Repository { .. }))
-        .map(|r| repo_key(&r.repo, ""))
-        .chain(
-            prep.report
-                .layers_removed
-                .iter()
-                .filter(|_| prep.run)
-                .map(|r| repo_key(r, "")),
-        )
-        .collect();
     let step = |what: &str, keys: Vec<String>, done: &mut Done| -> bool {
         if let Err(e) = lock.check() {
             done.errors.push(e.to_string());
@@ -359,14 +348,14 @@ pub fn apply(
         keys.dedup();
         tracing::info!("deleting {} {what}", keys.len());
         let n = keys.len() as u64;
-        let dirs = emptied_dirs(&keys, &removed_repos);
+        let dirs = dirs::emptied(&keys);
         let errs = bucket.delete(keys);
         done.keys += n - errs.len() as u64;
         if !errs.is_empty() {
             done.errors.extend(errs);
             return false;
         }
-        delete_dirs(bucket, dirs);
+        dirs::delete(bucket, dirs);
         true
     };
     // No atomic rename here: a registry that serves while a removal runs (removal alone is
@@ -406,82 +395,20 @@ pub fn apply(
             }
         }
         sweep_blobs(bucket, prep, &mut done);
-        if done.errors.is_empty() {
-            if let Err(e) = bucket
-                .delete(vec![PENDING_KEY.to_string()])
-                .pop()
-                .map_or(Ok(()), Err)
-            {
-                done.errors.push(e);
-            }
+    }
+    if !live && done.errors.is_empty() {
+        sweep_hollow(bucket, holding, &mut done);
+    }
+    if prep.run && done.errors.is_empty() {
+        if let Err(e) = bucket
+            .delete(vec![PENDING_KEY.to_string()])
+            .pop()
+            .map_or(Ok(()), Err)
+        {
+            done.errors.push(e);
         }
     }
     (outcomes(plan, &done), done)
-}
-
-/// The "directories" the deleted `keys` leave empty, deepest first, one group per depth.
-///
-/// Object stores with real directories (SeaweedFS's filer, for one) keep a directory after its
-/// last object goes, and list it as a common prefix: the registry would then list a removed tag
-/// in `tags/list` (it lists `_manifests/tags/` with a delimiter). Deleting the directory key
-/// (`…/v1/`) removes it there, and is a no-op where directories do not exist (AWS S3). Only
-/// what the registry lists by directory is named: a removed tag's directory and below, and
-/// `_manifests/tags/` (deleted only if empty), and a removed repository's `_manifests`, `_layers`, `_uploads`
-/// and below (never the repository's own directory, which may hold nested repositories; the
-/// catalog finds repositories by their `_manifests`). Everything else the registry reads by
-/// walking files (revisions, layer links, blobs), where an empty directory is nothing: those
-/// are left to the store's own cleanup, which spares a request per swept blob. A store that
-/// holds something new there keeps the directory (a non-empty directory is not deleted).
-fn emptied_dirs(keys: &[String], removed_repos: &[String]) -> Vec<Vec<String>> {
-    // A removed tag's directory, and `tags/` itself once empty: SeaweedFS lists an empty
-    // `tags/` as an object named "", which the registry would list as a tag.
-    const TAGS: &str = "/_manifests/tags/";
-    let mut by_depth: std::collections::BTreeMap<usize, std::collections::BTreeSet<String>> =
-        Default::default();
-    for k in keys {
-        // A removed repository's own parts (not a nested repository's, whose keys share the
-        // prefix).
-        let own = |r: &String| {
-            ["_manifests/", "_layers/", "_uploads/"].iter().any(|p| {
-                k.strip_prefix(r.as_str())
-                    .is_some_and(|rest| rest.starts_with(p))
-            })
-        };
-        let stop = match removed_repos.iter().find(|r| own(r)) {
-            Some(r) => r.len(),
-            None => match k.find(TAGS) {
-                Some(i) => i + "/_manifests/".len(),
-                None => continue,
-            },
-        };
-        let mut end = k.len();
-        while let Some(i) = k[..end].rfind('/') {
-            if i < stop {
-                break;
-            }
-            let dir = &k[..=i];
-            by_depth
-                .entry(dir.matches('/').count())
-                .or_default()
-                .insert(dir.to_string());
-            end = i;
-        }
-    }
-    by_depth
-        .into_iter()
-        .rev()
-        .map(|(_, d)| d.into_iter().collect())
-        .collect()
-}
-
-/// Deletes directory keys, one depth at a time (see [`emptied_dirs`]); failures only leave an
-/// empty directory behind, so they are logged, never fatal.
-fn delete_dirs(bucket: &Bucket, dirs: Vec<Vec<String>>) {
-    for level in dirs {
-        for e in bucket.delete(level) {
-            tracing::debug!("removing an emptied directory: {e}");
-        }
-    }
 }
 
 /// The planned digest of each removed tag's `current/link`, by key.
@@ -571,9 +498,9 @@ fn leftover_of_removed_tags(bucket: &Bucket, plan: &Plan, phases: &mut Phases, d
     }
     let rest = std::mem::take(&mut phases.history);
     if !rest.is_empty() {
-        let dirs = emptied_dirs(&rest, &[]);
+        let dirs = dirs::emptied(&rest);
         done.errors.extend(bucket.delete(rest));
-        delete_dirs(bucket, dirs);
+        dirs::delete(bucket, dirs);
     }
 }
 
@@ -605,6 +532,27 @@ fn repushed_repositories(bucket: &Bucket, plan: &Plan, phases: &mut Phases, done
                     .into(),
             ));
         }
+    }
+}
+
+/// Last, with the registries stopped: the empty directories that were there before (the
+/// registry's own, after uploads; a killed run's), which would crash registry 2.x's upload
+/// purger (see [`dirs`]). A failure to find or delete them is logged, not fatal: the
+/// registry's data is whole either way.
+fn sweep_hollow(bucket: &Bucket, holding: &std::collections::BTreeSet<String>, done: &mut Done) {
+    match dirs::hollow(bucket, holding) {
+        Ok(levels) => {
+            let n = levels.iter().map(Vec::len).sum::<usize>();
+            if n > 0 {
+                tracing::info!(
+                    "deleting {n} empty director{} (registry 2.x's upload purger panics on them)",
+                    if n == 1 { "y" } else { "ies" }
+                );
+                done.dirs = n as u64;
+                dirs::delete(bucket, levels);
+            }
+        }
+        Err(e) => tracing::warn!("looking for empty directories: {e}"),
     }
 }
 
@@ -652,73 +600,4 @@ fn outcomes(plan: &Plan, done: &Done) -> Vec<crate::apply::Outcome> {
                 .or_else(|| done.errors.first().cloned()),
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v2(k: &str) -> String {
-        format!("{V2}{k}")
-    }
-
-    fn flat(levels: Vec<Vec<String>>) -> Vec<String> {
-        levels.into_iter().flatten().collect()
-    }
-
-    #[test]
-    fn emptied_directories_are_a_removed_tags_own_deepest_first() {
-        let h = "a".repeat(64);
-        let keys = vec![
-            v2(&format!(
-                "repositories/app/_manifests/tags/v1/index/sha256/{h}/link"
-            )),
-            v2("repositories/app/_manifests/tags/v1/current/link"),
-            v2(&format!(
-                "repositories/app/_manifests/revisions/sha256/{h}/link"
-            )),
-            v2(&format!("blobs/sha256/aa/{h}/data")),
-        ];
-        let dirs = flat(emptied_dirs(&keys, &[]));
-        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/v1/")));
-        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/v1/index/sha256/")));
-        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/")));
-        assert!(!dirs.contains(&v2("repositories/app/_manifests/")));
-        for kept in [
-            format!("repositories/app/_manifests/revisions/sha256/{h}/"),
-            format!("blobs/sha256/aa/{h}/"),
-            "blobs/sha256/aa/".to_string(),
-            "repositories/app/".to_string(),
-        ] {
-            assert!(!dirs.contains(&v2(&kept)), "{kept} must stay: {dirs:?}");
-        }
-        let depths: Vec<usize> = emptied_dirs(&keys, &[])
-            .iter()
-            .map(|l| l[0].matches('/').count())
-            .collect();
-        assert!(depths.windows(2).all(|w| w[0] > w[1]), "{depths:?}");
-    }
-
-    #[test]
-    fn a_removed_repository_loses_its_own_parts_never_its_directory() {
-        let h = "b".repeat(64);
-        let keys = vec![
-            v2(&format!("repositories/team/app/_layers/sha256/{h}/link")),
-            v2("repositories/team/app/_manifests/tags/v1/current/link"),
-            v2(&format!(
-                "repositories/team/app/api/_layers/sha256/{h}/link"
-            )),
-        ];
-        let dirs = flat(emptied_dirs(&keys, &[v2("repositories/team/app/")]));
-        assert!(dirs.contains(&v2("repositories/team/app/_layers/")));
-        assert!(dirs.contains(&v2("repositories/team/app/_manifests/")));
-        for kept in [
-            "repositories/team/app/",
-            "repositories/team/",
-            "repositories/team/app/api/",
-            "repositories/team/app/api/_layers/",
-        ] {
-            assert!(!dirs.contains(&v2(kept)), "{kept} must stay: {dirs:?}");
-        }
-    }
 }

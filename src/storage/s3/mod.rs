@@ -3,6 +3,7 @@
 
 pub mod bucket;
 pub mod change;
+pub mod dirs;
 pub mod layout;
 pub mod settings;
 
@@ -21,6 +22,9 @@ const MANIFEST_CAP: u64 = 4 << 20;
 pub struct S3Store {
     /// The bucket client (shared with the lock's heartbeat).
     pub bucket: std::sync::Arc<Bucket>,
+    /// What the scan saw of the directories the registry's upload purger walks (see
+    /// [`dirs::holding`]), for the sweep of empty ones.
+    pub holding: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl S3Store {
@@ -28,6 +32,7 @@ impl S3Store {
     pub fn open(s: &settings::S3Settings) -> Result<S3Store> {
         Ok(S3Store {
             bucket: std::sync::Arc::new(Bucket::open(s)?),
+            holding: Default::default(),
         })
     }
 
@@ -62,6 +67,7 @@ impl crate::storage::Storage for S3Store {
         shards.sort();
         let objects = self.bucket.list(shards)?;
         let listing = layout::list_repositories(&objects);
+        *self.holding.lock().unwrap() = dirs::holding(objects.iter().map(|o| &o.key));
         let current = self.bucket.get_many(listing.current_links(), 4096);
         let mut map = std::collections::HashMap::new();
         for (k, r) in current {
