@@ -226,7 +226,12 @@ pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
             empty_dirs: Vec::new(),
         }
     };
-    let mut findings = check::check_repos(&scoped, &db, &blobs);
+    let protect = settings
+        .request
+        .retention
+        .as_ref()
+        .filter(|p| p.source != crate::policy::Source::Flags);
+    let mut findings = check::check_repos(&scoped, &db, &blobs, protect);
     findings.extend(check::check_store(
         &inv,
         &db,

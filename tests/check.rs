@@ -237,6 +237,21 @@ fn targets_restrict_the_check_and_missing_targets_fail() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let o = run_on(&root, &["--check", "--keep-last", "3", "svc8"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // A policy file is read for its protect list (the advice on orphan attachments), and
+    // nothing else: the check stays read-only and still finds the missing link.
+    let t = tempfile::tempdir().unwrap();
+    let policy = t.path().join("p.yml");
+    std::fs::write(
+        &policy,
+        "version: 1\nprotect: ['**:latest']\npolicies:\n  - repositories: ['**']\n    keep: [{last: 1}]\n",
+    )
+    .unwrap();
+    let (code, findings) = check(&root, &["--policy", policy.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        findings.iter().any(|f| f["kind"] == "tag_link_missing"),
+        "{findings:?}"
+    );
 }
 
 #[test]

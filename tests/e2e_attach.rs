@@ -86,6 +86,24 @@ fn signed_images_were_all_removed_when_signatures_counted_toward_keep_last() {
         "{}",
         text(&check)
     );
+    let advice = |j: &serde_json::Value| j["findings"][0]["advice"].as_str().unwrap().to_string();
+    assert!(advice(&j).contains("a run that prunes this repository removes it"));
+    // check_advised_pruning_a_protected_orphan: with the policy file, --check knows that
+    // pruning spares what `protect` covers, and says so instead.
+    let policy = r.tmp.path().join("protect.yml");
+    std::fs::write(
+        &policy,
+        format!("version: 1\nprotect: ['app:{orphan}']\npolicies:\n  - repositories: [app]\n    keep: [{{last: 2}}]\n"),
+    )
+    .unwrap();
+    let check = r.regclean(&["--check", "--json", "--policy", policy.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    let j: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    let a = advice(&j);
+    assert!(
+        a.contains(&format!("protected by 'app:{orphan}'")) && a.contains("pruning keeps it"),
+        "{a}"
+    );
 
     let dry = r.regclean(&["--dry-run", "--all", "--keep-last", "2"]);
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));

@@ -164,7 +164,8 @@ pub struct Args {
     pub all: bool,
 
     /// Read-only integrity check of the TARGETs (default: the whole store): broken tags,
-    /// missing blobs and links, GC hazards, leftover trash. Exit 0 clean, 1 broken.
+    /// missing blobs and links, GC hazards, leftover trash. Exit 0 clean, 1 broken. With
+    /// --policy, the file's `protect` list informs the advice (what pruning keeps).
     #[arg(long)]
     pub check: bool,
 
@@ -433,8 +434,11 @@ pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
             || args.prune_referrers
             || args.gc_while_serving
             || args.allow_hazards;
-        if retention.is_some() || args.all || args.dry_run || gc_flags || args.policy.is_some() {
-            errors.push("--check is read-only: it takes TARGETs (or none, for the whole store) and --verify-content, not removal, retention or GC options".into());
+        // A policy file is read for its `protect` alone: the advice then knows what pruning
+        // spares.
+        let flags = retention.is_some() && args.policy.is_none();
+        if flags || args.all || args.dry_run || gc_flags {
+            errors.push("--check is read-only: it takes TARGETs (or none, for the whole store), --verify-content and --policy (for its protect list), not removal, retention or GC options".into());
         }
     } else if !selects && !args.gc_only {
         errors.push(if retention.is_some() {

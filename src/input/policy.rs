@@ -155,6 +155,13 @@ impl Policies {
 
     /// Parses a policy file's text.
     pub fn parse(text: &str) -> Result<Policies, String> {
+        // serde_yaml_ng names no line for these two: say where.
+        if let Some(e) = duplicate_top_level_key(text) {
+            return Err(e);
+        }
+        if serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).is_ok_and(|v| v.is_null()) {
+            return Err("line 1: the file has no content (it is empty or only comments); a policy file needs `version: 1` and `policies:`".into());
+        }
         let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| one_line(&e))?;
         if raw.version != 1 {
             return Err(format!(
@@ -203,6 +210,39 @@ impl Policies {
             .iter()
             .find(|t| t.repo.matches(repo) && t.tag.as_ref().is_none_or(|m| m.matches(tag)))
     }
+}
+
+/// A key of the top-level mapping given twice, with both lines (serde_yaml_ng reports it
+/// without a location). Only block-style keys at column 0 are looked at; anything else is
+/// left to the parser.
+fn duplicate_top_level_key(text: &str) -> Option<String> {
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with([' ', '\t', '#', '-', '.', '{', '[']) || line.trim().is_empty() {
+            continue;
+        }
+        // A quoted key ("protect": ...) is the same key as the plain one.
+        let split = match line.chars().next() {
+            Some(q @ ('"' | '\'')) => line[1..]
+                .split_once(q)
+                .and_then(|(k, r)| Some((k, r.trim_start().strip_prefix(':')?))),
+            _ => line.split_once(':').map(|(k, r)| (k.trim_end(), r)),
+        };
+        let Some((key, rest)) = split else {
+            continue;
+        };
+        if !(rest.is_empty() || rest.starts_with([' ', '\t'])) {
+            continue;
+        }
+        let key = key.to_string();
+        if let Some(first) = seen.insert(key.clone(), i + 1) {
+            return Some(format!(
+                "line {}: `{key}` is given twice (first at line {first}); give it once",
+                i + 1
+            ));
+        }
+    }
+    None
 }
 
 /// serde_yaml_ng's message on one line ("... at line 7 column 9").
@@ -441,6 +481,23 @@ policies:                               # the FIRST policy whose repositories ma
     #[test]
     fn mistakes_are_refused_naming_the_line() {
         let cases: &[(&str, &str, &str)] = &[
+            (
+                "version: 1\npolicies:\n  - repositories: [a]\n    keep: [{last: 1}]\n# again\npolicies:\n  - repositories: [b]\n    keep: [{last: 2}]\n",
+                "`policies` is given twice (first at line 2)",
+                "line 6",
+            ),
+            (
+                "version: 1\nprotect: [a]\n\"protect\": [b]\npolicies: []\n",
+                "given twice",
+                "line 3",
+            ),
+            ("", "has no content", "line 1"),
+            ("# nothing yet\n\n", "has no content", "line 1"),
+            (
+                "version: 1\npolicies:\n  - repositories: [a]\n    keep: [{last: 1}]\n    keep: [{last: 2}]\n",
+                "duplicate field `keep` at line 3",
+                "line 3",
+            ),
             (
                 "version: 1\npolicies:\n  - repositories: [a]\n    keep: [{last: 3}]\n    keeep: []\n",
                 "unknown field `keeep`",

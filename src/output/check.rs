@@ -90,10 +90,15 @@ pub struct Verified {
 const REPUSH: &str = "re-push the image, or remove the tag (regclean REPO:TAG)";
 
 /// Checks the repositories in `inv` (already restricted to the targets, if any).
-pub fn check_repos(inv: &Inventory, db: &Db, blobs: &Blobs) -> Vec<Finding> {
+pub fn check_repos(
+    inv: &Inventory,
+    db: &Db,
+    blobs: &Blobs,
+    protect: Option<&crate::policy::Policies>,
+) -> Vec<Finding> {
     inv.repos
         .par_iter()
-        .flat_map_iter(|r| check_repo(r, db, blobs))
+        .flat_map_iter(|r| check_repo(r, db, blobs, protect))
         .collect()
 }
 
@@ -115,20 +120,33 @@ fn finding(
     }
 }
 
-fn check_repo(r: &Repo, db: &Db, blobs: &Blobs) -> Vec<Finding> {
+fn check_repo(
+    r: &Repo,
+    db: &Db,
+    blobs: &Blobs,
+    protect: Option<&crate::policy::Policies>,
+) -> Vec<Finding> {
     use FindingKind::*;
     let mut out = Vec::new();
     let mut seen: BTreeSet<(Digest, Option<Digest>)> = BTreeSet::new();
     let roles = crate::attach::roles(r, crate::attach::Attachments::Follow);
     for (t, role) in r.tags.iter().zip(roles) {
         if let crate::attach::Role::Orphan(subject) = role {
+            // What pruning does with it depends on the policy file's `protect`, when given.
+            let advice = match protect.and_then(|p| p.protector(&r.name, &t.name)) {
+                Some(p) => format!("protected by '{p}' in the policy file: pruning keeps it (and the manifest it names); regclean {}:{} removes it by name if it is not wanted", r.name, t.name),
+                None => "a run that prunes this repository removes it (regclean REPO:TAG removes it now; --keep-attachments keeps such tags, and so does a policy file's protect)".to_string(),
+            };
             out.push(finding(
                 OrphanAttachment,
                 r,
                 Some(&t.name),
                 Some(subject),
-                format!("an attachment of {subject}, which is not a manifest of {}", r.name),
-                "a run that prunes this repository removes it (regclean REPO:TAG removes it now; --keep-attachments keeps such tags)",
+                format!(
+                    "an attachment of {subject}, which is not a manifest of {}",
+                    r.name
+                ),
+                &advice,
             ));
         }
     }
