@@ -3,8 +3,11 @@
 #   benches/supervise.sh [REPS]          (default 5; needs docker-registry, skopeo, curl, cargo)
 # 1. Pull throughput of one 256 MiB layer, direct from a registry against through the
 #    supervisor's proxy (two registries on the same store, alternated run by run).
-# 2. Small requests: 200 manifest GETs, one connection each (latency-bound), same two ways.
-# 3. A collection cycle on the medium synthetic store (regclean-genstore --size medium):
+#    Raw bytes (curl to /dev/null): the relay's worst case.
+# 2. An image pull as a client does it (skopeo copy to a local directory: every blob
+#    verified against its digest and written), same image, same two ways.
+# 3. Small requests: 200 manifest GETs, one connection each (latency-bound), same two ways.
+# 4. A collection cycle on the medium synthetic store (regclean-genstore --size medium):
 #    the read-only window and the whole cycle, as the triggering run reports them.
 # Prints a Markdown table.
 set -eu
@@ -46,20 +49,23 @@ skopeo copy -q --preserve-digests --dest-tls-verify=false "dir:$IMG" "docker://1
 
 blob() { curl -fs -o /dev/null "http://127.0.0.1:$1/v2/big/blobs/sha256:$L"; }
 manifests() { i=0; while [ $i -lt 200 ]; do curl -fs -o /dev/null -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://127.0.0.1:$1/v2/big/manifests/v1"; i=$((i + 1)); done; }
+pull() { rm -rf "$W/out"; skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/big:v1" "dir:$W/out"; }
 timed() { t0=$(now); "$@"; t1=$(now); echo "$t1 - $t0" | bc -l; }
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 blob "$PD"; blob "$PS" # warm the page cache
-: > "$W/bd"; : > "$W/bs"; : > "$W/md"; : > "$W/ms"
+: > "$W/bd"; : > "$W/bs"; : > "$W/md"; : > "$W/ms"; : > "$W/pd"; : > "$W/ps"
 for _ in $(seq "$REPS"); do
     timed blob "$PD" >> "$W/bd"; timed blob "$PS" >> "$W/bs"
+    timed pull "$PD" >> "$W/pd"; timed pull "$PS" >> "$W/ps"
     timed manifests "$PD" >> "$W/md"; timed manifests "$PS" >> "$W/ms"
 done
-BD=$(median < "$W/bd"); BS=$(median < "$W/bs"); MD=$(median < "$W/md"); MS=$(median < "$W/ms")
+BD=$(median < "$W/bd"); BS=$(median < "$W/bs"); PLD=$(median < "$W/pd"); PLS=$(median < "$W/ps"); MD=$(median < "$W/md"); MS=$(median < "$W/ms")
 mbs() { echo "256 / $1" | bc -l | xargs printf '%.0f'; }
 echo "| measure | direct | through the supervisor | ratio (supervisor/direct throughput) |"
 echo "| --- | --- | --- | --- |"
-echo "| 256 MiB layer pull, MiB/s (median of $REPS) | $(mbs "$BD") | $(mbs "$BS") | $(echo "$BD / $BS" | bc -l | xargs printf '%.2f')× |"
+echo "| 256 MiB blob GET (curl to /dev/null), MiB/s (median of $REPS) | $(mbs "$BD") | $(mbs "$BS") | $(echo "$BD / $BS" | bc -l | xargs printf '%.2f')× |"
+echo "| image pull (skopeo copy, 256 MiB layer verified and written), MiB/s (median of $REPS) | $(mbs "$PLD") | $(mbs "$PLS") | $(echo "$PLD / $PLS" | bc -l | xargs printf '%.2f')× |"
 echo "| 200 manifest GETs, one connection each, s (median of $REPS) | $(printf '%.2f' "$MD") | $(printf '%.2f' "$MS") | $(echo "$MD / $MS" | bc -l | xargs printf '%.2f')× |"
 for p in $PIDS; do kill "$p"; done; PIDS=""; sleep 1
 

@@ -155,9 +155,11 @@ fn s3_full_clean_frees_exactly_the_unneeded_blobs_and_everything_left_pulls() {
 
     w.r.serve(&[]);
     // A removed repository leaves the catalog (no emptied _layers or _manifests directory
-    // left). So does `multi`: it lost its only tag, and collection deleted every key it
-    // had, so nothing of it is left (as on AWS S3, where a directory is only a key prefix).
-    assert_eq!(w.r.catalog(), ["app", "list", "team/app/api"]);
+    // left). `multi` lost its only tag and every key it had was collected: whether the
+    // registry still lists it depends on whether the store keeps its emptied directories
+    // (AWS S3 has none; SeaweedFS cleans some up by itself), so it is not asserted.
+    let catalog: Vec<String> = w.r.catalog().into_iter().filter(|n| n != "multi").collect();
+    assert_eq!(catalog, ["app", "list", "team/app/api"]);
     assert_eq!(listed_tags(&w.r, "multi"), Vec::<String>::new());
     w.r.assert_pull(&["app:v2", "list:v1", "team/app/api:v1"]);
     w.r.assert_gone(&["app:v1", "multi:v1", "team/app:v1"]);
@@ -355,6 +357,35 @@ fn generated(weed: &Seaweed) -> Registry {
 }
 
 #[test]
+fn s3_removing_every_repository_leaves_no_empty_directory_for_the_upload_purger() {
+    if !e2e_available() {
+        return;
+    }
+    let Some(weed) = Seaweed::start() else { return };
+    let mut r = Registry::start_s3(&weed);
+    r.push(&oci_image(&[BASE, b"only"]), "only:v1");
+    r.push(&oci_image(&[BASE, b"team app"]), "team/app:v1");
+    r.stop();
+    let bucket = r.s3.clone().unwrap();
+    let o = r.regclean(&["--registry-stopped", "only", "team/app"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Not even `repositories/` is left empty: the purger's first listing would panic on it.
+    assert_eq!(bucket.purger_hazards(), Vec::<String>::new());
+    assert_eq!(
+        bucket
+            .keys()
+            .iter()
+            .filter(|(k, _)| k.starts_with("docker/"))
+            .count(),
+        0
+    );
+    r.serve(&[]);
+    assert_eq!(r.catalog(), Vec::<String>::new());
+    r.push(&oci_image(&[BASE, b"again"]), "only:v2");
+    r.pull("only:v2").unwrap();
+}
+
+#[test]
 fn s3_a_run_killed_mid_delete_is_finished_by_the_next() {
     if !e2e_available() {
         return;
@@ -367,8 +398,27 @@ fn s3_a_run_killed_mid_delete_is_finished_by_the_next() {
         "team1/app0",
         "team2/*",
     ];
-    // The reference: one uninterrupted run.
+    // The reference: one uninterrupted run, on a store with empty directories where the
+    // registry's upload purger panics (what a registry leaves after pushes, and a removal
+    // killed between its deletes and its directory deletes): they go.
     let reference = generated(&weed);
+    let b = reference.s3.as_ref().unwrap();
+    for planted in [
+        "docker/registry/v2/repositories/team1/app1/_uploads/u1/hashstates/sha256/0",
+        "docker/registry/v2/repositories/ghost/app/_uploads/u2/startedat",
+        // Not walked by the purger (`_manifests`), but listed by the catalog.
+        "docker/registry/v2/repositories/team3/gone/_manifests/revisions/x",
+    ] {
+        b.put_root(planted, b"x");
+        b.delete_root(planted);
+    }
+    assert_eq!(
+        b.purger_hazards(),
+        [
+            "ghost/app/_uploads/u2",
+            "team1/app1/_uploads/u1/hashstates/sha256",
+        ]
+    );
     let o = reference.regclean(&args);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let want = reference.s3.as_ref().unwrap().keys();
@@ -459,6 +509,13 @@ fn s3_a_run_killed_mid_delete_is_finished_by_the_next() {
     // What remains is whole: every remaining tag pulls.
     let mut r = reference;
     r.serve(&[]);
+    let catalog = r.catalog();
+    assert!(
+        !catalog
+            .iter()
+            .any(|n| n.starts_with("team3") || n.starts_with("ghost")),
+        "{catalog:?}"
+    );
     let o = r.regclean(&["--check"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }

@@ -734,7 +734,7 @@ impl Bucket {
         let mut out = Vec::new();
         let mut dirs = vec![base.clone()];
         while let Some(d) = dirs.pop() {
-            for (path, is_dir, size) in self.entries(&d) {
+            for (path, is_dir, size) in self.entries(&d).unwrap_or_default() {
                 if is_dir {
                     dirs.push(path);
                 } else {
@@ -749,7 +749,8 @@ impl Bucket {
     /// The empty directories registry 2.8's upload purger walks into, where it panics
     /// (`purgeuploads.go`: the `dir/` object of an empty directory has an empty name): every
     /// directory below `repositories/` except those named `_…` other than `_uploads`, and
-    /// everything below `_uploads`. Read through the filer.
+    /// everything below `_uploads`; `repositories/` itself when it exists and is empty
+    /// (named ""). Read through the filer.
     pub fn purger_hazards(&self) -> Vec<String> {
         let base = format!(
             "/buckets/{}/reg/root/docker/registry/v2/repositories",
@@ -758,9 +759,12 @@ impl Bucket {
         let mut out = Vec::new();
         let mut dirs = vec![(base.clone(), false)];
         while let Some((d, in_uploads)) = dirs.pop() {
-            let entries = self.entries(&d);
-            if entries.is_empty() && d != base {
-                out.push(d[base.len() + 1..].to_string());
+            let Some(entries) = self.entries(&d) else {
+                assert_eq!(d, base, "a listed directory cannot be listed");
+                continue;
+            };
+            if entries.is_empty() {
+                out.push(d[base.len()..].trim_start_matches('/').to_string());
             }
             for (path, is_dir, _) in entries {
                 let name = path.rsplit('/').next().unwrap().to_string();
@@ -773,8 +777,9 @@ impl Bucket {
         out
     }
 
-    /// The entries of filer directory `d`: (full path, is a directory, size).
-    fn entries(&self, d: &str) -> Vec<(String, bool, u64)> {
+    /// The entries of filer directory `d`: (full path, is a directory, size); `None` if it
+    /// does not exist.
+    fn entries(&self, d: &str) -> Option<Vec<(String, bool, u64)>> {
         let mut out = Vec::new();
         let mut last = String::new();
         loop {
@@ -782,10 +787,12 @@ impl Bucket {
             write!(s, "GET {d}/?limit=1000&lastFileName={last} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n").unwrap();
             let mut buf = String::new();
             s.read_to_string(&mut buf).unwrap();
+            if buf.starts_with("HTTP/1.1 404") || buf.starts_with("HTTP/1.0 404") {
+                return None;
+            }
             let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-                break;
-            };
+            let v = serde_json::from_str::<serde_json::Value>(body)
+                .unwrap_or_else(|e| panic!("filer listing of {d}: {e}: {buf}"));
             let entries = v["Entries"].as_array().cloned().unwrap_or_default();
             for e in &entries {
                 out.push((
@@ -807,7 +814,7 @@ impl Bucket {
                 _ => break,
             }
         }
-        out
+        Some(out)
     }
 }
 

@@ -189,16 +189,37 @@ impl Bucket {
 
     /// The "directories" right below `rel` (ending in `/`): one delimiter listing.
     pub fn children(&self, rel: &str) -> Result<Vec<String>> {
-        let path = self.path(rel);
-        let r = self
-            .rt
-            .block_on(self.store.list_with_delimiter(Some(&path)))
-            .map_err(|e| self.fail("listing", rel, e))?;
-        self.count(1);
-        Ok(r.common_prefixes
-            .iter()
-            .map(|p| format!("{}/", self.rel(p)))
-            .collect())
+        Ok(self
+            .children_many(vec![rel.to_string()])?
+            .pop()
+            .map(|(_, c)| c)
+            .unwrap_or_default())
+    }
+
+    /// The child directories of each of `dirs` (see [`Bucket::children`]), many listings in
+    /// flight at once.
+    pub fn children_many(&self, dirs: Vec<String>) -> Result<Vec<(String, Vec<String>)>> {
+        let parts: Vec<Result<(String, Vec<String>)>> = self.rt.block_on(
+            futures::stream::iter(dirs)
+                .map(|d| async move {
+                    let path = self.path(&d);
+                    let r = self
+                        .store
+                        .list_with_delimiter(Some(&path))
+                        .await
+                        .map_err(|e| self.fail("listing", &d, e))?;
+                    self.count(1);
+                    let kids = r
+                        .common_prefixes
+                        .iter()
+                        .map(|p| format!("{}/", self.rel(p)))
+                        .collect();
+                    Ok((d, kids))
+                })
+                .buffer_unordered(IN_FLIGHT)
+                .collect(),
+        );
+        parts.into_iter().collect()
     }
 
     /// Reads each of `keys` (at most `cap` bytes each; a larger object is an error), many in

@@ -230,7 +230,6 @@ struct Phases {
     current: Vec<String>,
     manifests: Vec<String>,
     links: Vec<String>,
-    blobs: Vec<String>,
 }
 
 impl Phases {
@@ -331,13 +330,32 @@ pub fn apply(
                     .push(repo_key(repo, &format!("_layers/sha256/{}/link", d.hex())));
             }
         }
-        phases.blobs = sweep
-            .blobs
-            .iter()
-            .map(|(d, _)| format!("{V2}{}", d.blob_rel_path()))
-            .collect();
         prep.sweep.blobs = sweep.blobs;
     }
+    // Repositories whose own parts go (the catalog of 2.8 lists a repository while its
+    // `_manifests` directory exists, even empty; the upload purger panics on an empty
+    // repository directory).
+    let removed_repos: Vec<String> = plan
+        .removals
+        .iter()
+        .filter(|r| matches!(r.what, What::Repository { .. }))
+        .map(|r| repo_key(&r.repo, ""))
+        .chain(
+            prep.report
+                .layers_removed
+                .iter()
+                .filter(|_| prep.run)
+                .map(|r| repo_key(r, "")),
+        )
+        .collect();
+    // Registries may serve (removal alone, without --registry-stopped): `_layers` stay, and
+    // so does the repository's directory.
+    let live = prep.layers == crate::apply::Layers::Keep;
+    let gone = if live {
+        dirs::Gone::Parts
+    } else {
+        dirs::Gone::Whole
+    };
     let step = |what: &str, keys: Vec<String>, done: &mut Done| -> bool {
         if let Err(e) = lock.check() {
             done.errors.push(e.to_string());
@@ -348,7 +366,7 @@ pub fn apply(
         keys.dedup();
         tracing::info!("deleting {} {what}", keys.len());
         let n = keys.len() as u64;
-        let dirs = dirs::emptied(&keys);
+        let dirs = dirs::emptied(&keys, &removed_repos, gone);
         let errs = bucket.delete(keys);
         done.keys += n - errs.len() as u64;
         if !errs.is_empty() {
@@ -362,7 +380,6 @@ pub fn apply(
     // allowed then) may re-push what is being removed. Before each step that makes something
     // unservable, what changed since the listing is looked at again and left whole.
     // Registries may serve (removal alone, without --registry-stopped): then it looks again.
-    let live = prep.layers == crate::apply::Layers::Keep;
     let _ = step(
         "tag history entries",
         std::mem::take(&mut phases.history),
@@ -397,7 +414,7 @@ pub fn apply(
         sweep_blobs(bucket, prep, &mut done);
     }
     if !live && done.errors.is_empty() {
-        sweep_hollow(bucket, holding, &mut done);
+        sweep_hollow(bucket, holding, &removed_repos, &mut done);
     }
     if prep.run && done.errors.is_empty() {
         if let Err(e) = bucket
@@ -498,7 +515,7 @@ fn leftover_of_removed_tags(bucket: &Bucket, plan: &Plan, phases: &mut Phases, d
     }
     let rest = std::mem::take(&mut phases.history);
     if !rest.is_empty() {
-        let dirs = dirs::emptied(&rest);
+        let dirs = dirs::emptied(&rest, &[], dirs::Gone::Parts);
         done.errors.extend(bucket.delete(rest));
         dirs::delete(bucket, dirs);
     }
@@ -539,8 +556,13 @@ fn repushed_repositories(bucket: &Bucket, plan: &Plan, phases: &mut Phases, done
 /// registry's own, after uploads; a killed run's), which would crash registry 2.x's upload
 /// purger (see [`dirs`]). A failure to find or delete them is logged, not fatal: the
 /// registry's data is whole either way.
-fn sweep_hollow(bucket: &Bucket, holding: &std::collections::BTreeSet<String>, done: &mut Done) {
-    match dirs::hollow(bucket, holding) {
+fn sweep_hollow(
+    bucket: &Bucket,
+    holding: &std::collections::BTreeSet<String>,
+    removed: &[String],
+    done: &mut Done,
+) {
+    match dirs::hollow(bucket, holding, removed) {
         Ok(levels) => {
             let n = levels.iter().map(Vec::len).sum::<usize>();
             if n > 0 {

@@ -15,19 +15,20 @@
 //!   every push, on SeaweedFS), and so would every removal that leaves a repository's
 //!   directory empty.
 //!
-//! So regclean deletes the directories its deletes leave empty ([`emptied`]), and, when the
+//! So regclean deletes the directories its removals empty ([`emptied`]), and, when the
 //! registries are stopped, every empty directory the purger would walk into ([`hollow`]).
 //! Deleting a directory key is safe where directories are real, because a directory that
 //! holds anything is not deleted (SeaweedFS answers "deleted" and keeps it and all it holds),
-//! and it is a no-op on stores without directories (a missing key).
+//! and it is a no-op on stores without directories (a missing key; `object_store` names
+//! `dir/` as `dir`, and the registry writes no object by a directory's name). Directories
+//! that only take room and that the registry does not list by directory (an emptied
+//! revision, layer link or blob directory) are left to the store: on a store without
+//! directories each such delete would be a wasted key (a delete marker in a versioned bucket).
 
 use super::bucket::Bucket;
 use super::layout::V2;
 use crate::error::Result;
 use std::collections::{BTreeMap, BTreeSet};
-
-/// The roots below which directories are deleted when emptied; never the roots themselves.
-const ROOTS: [&str; 2] = ["repositories/", "blobs/"];
 
 /// Directories grouped by depth, deepest first: each group is deleted before the next, so a
 /// parent is deleted after its children are gone.
@@ -44,45 +45,85 @@ fn by_depth(dirs: impl IntoIterator<Item = String>) -> Levels {
         .collect()
 }
 
-/// The directories the deleted `keys` may leave empty: every ancestor of each key below
-/// `repositories/` or `blobs/`, deepest first. Those still holding something (a parent of
-/// what remains, a nested repository, a tag re-pushed meanwhile) stay: the store does not
-/// delete a directory that is not empty.
-pub fn emptied(keys: &[String]) -> Levels {
+/// The parents of directory `dir` (a key ending in `/`) down to `repositories/` itself: an
+/// emptied namespace is walked by the purger, and so is an emptied `repositories/`.
+fn parents(dir: &str) -> impl Iterator<Item = String> + '_ {
+    let root = format!("{V2}repositories/");
+    let mut end = dir.len().saturating_sub(1);
+    std::iter::from_fn(move || {
+        let i = dir[..end].rfind('/')?;
+        if i + 1 < root.len() {
+            return None;
+        }
+        end = i;
+        Some(dir[..=i].to_string())
+    })
+}
+
+/// What a repository's removal covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// Its `_manifests` and `_uploads` go, `_layers` stays (registries may serve): its
+    /// directory stays too.
+    Parts,
+    /// Every key of it goes: its directory and the parents it empties go with it.
+    Whole,
+}
+
+/// The directories the deleted `keys` leave empty that the registry would list, deepest
+/// first: a removed tag's directory and below, `_manifests/tags/` once empty; a removed
+/// repository's (`repos`, each `…/repositories/<name>/`) `_manifests`, `_layers` and
+/// `_uploads` and below, and with [`Gone::Whole`] its own directory and its parents down to
+/// `repositories/`. Those still holding something (a nested repository, another tag, a tag
+/// re-pushed meanwhile) stay: the store does not delete a directory that is not empty.
+pub fn emptied(keys: &[String], repos: &[String], gone: Gone) -> Levels {
+    const TAGS: &str = "/_manifests/tags/";
     let mut out = BTreeSet::new();
     for k in keys {
-        let Some(root) = ROOTS
-            .iter()
-            .map(|r| format!("{V2}{r}"))
-            .find(|r| k.starts_with(r.as_str()))
-        else {
-            continue;
+        // A removed repository's own parts (not a nested repository's, whose keys share the
+        // prefix).
+        let own = |r: &&String| {
+            ["_manifests/", "_layers/", "_uploads/"]
+                .iter()
+                .any(|p| k.strip_prefix(r.as_str()).is_some_and(|x| x.starts_with(p)))
+        };
+        let (stop, repo) = match repos.iter().find(own) {
+            Some(r) => (r.len(), Some(r)),
+            None => match k.find(TAGS) {
+                Some(i) => (i + "/_manifests/".len(), None),
+                None => continue,
+            },
         };
         let mut end = k.len();
         while let Some(i) = k[..end].rfind('/') {
-            if i < root.len() {
+            if i < stop {
                 break;
             }
             out.insert(k[..=i].to_string());
             end = i;
         }
+        if let (Some(r), Gone::Whole) = (repo, gone) {
+            out.insert(r.clone());
+            out.extend(parents(r));
+        }
     }
     by_depth(out)
 }
 
-/// Deletes directory keys, one depth at a time; failures only leave an empty directory
-/// behind, so they are logged, never fatal.
+/// Deletes directory keys, one depth at a time. A failure only leaves an empty directory
+/// behind (which [`hollow`] finds on the next run with the registries stopped), so it is
+/// logged, never fatal.
 pub fn delete(bucket: &Bucket, dirs: Levels) {
     for level in dirs {
         for e in bucket.delete(level) {
-            tracing::debug!("removing an emptied directory: {e}");
+            tracing::warn!("removing an emptied directory: {e}");
         }
     }
 }
 
 /// Does the registry's upload purger walk into `rel` (relative to `repositories/`, ending
 /// in `/`)? It descends every directory except those whose name starts with `_`, other than
-/// `_uploads` (and everything below `_uploads`).
+/// `_uploads`, and everything below `_uploads`.
 fn purger_descends(rel: &str) -> bool {
     for part in rel.trim_end_matches('/').split('/') {
         if part == "_uploads" {
@@ -119,52 +160,72 @@ pub fn holding(keys: impl IntoIterator<Item = impl AsRef<str>>) -> BTreeSet<Stri
 }
 
 /// Every empty directory the registry's upload purger would walk into, with the empty
-/// directories below it, deepest first. `holding` is [`holding`] of a listing of the whole
-/// of `repositories/`; what a run deleted since is covered by [`emptied`]. One delimiter
-/// listing per directory the purger descends into, and per empty directory found.
+/// directories below it and the parents it leaves empty, deepest first.
+///
+/// `holding` is [`holding`] of the scan's listing; `removed` the repositories this run
+/// removed whole (`…/repositories/<name>/`), whose directories, parents and nested
+/// repositories it may have emptied since. Each child of a directory the purger descends
+/// into that is not known to hold keys is listed (recursively) to make sure it holds none;
+/// only then is it taken. One delimiter listing per directory the purger descends into, plus
+/// one per candidate and per empty directory found.
 ///
 /// Only for registries that are stopped: a directory a push is about to fill may be empty
 /// for a moment.
-pub fn hollow(bucket: &Bucket, holding: &BTreeSet<String>) -> Result<Levels> {
+pub fn hollow(bucket: &Bucket, holding: &BTreeSet<String>, removed: &[String]) -> Result<Levels> {
     let base = format!("{V2}repositories/");
-    let walked: Vec<String> = std::iter::once(String::new())
-        .chain(holding.iter().filter(|d| purger_descends(d)).cloned())
+    // Known to hold keys still: what the scan saw, except around what this run removed.
+    let rels: Vec<&str> = removed
+        .iter()
+        .filter_map(|r| r.strip_prefix(base.as_str()))
         .collect();
-    let roots: Vec<String> = children_of(bucket, &base, walked)?
+    let known: BTreeSet<&String> = holding
+        .iter()
+        .filter(|d| {
+            !rels
+                .iter()
+                .any(|r| d.starts_with(r) || r.starts_with(d.as_str()))
+        })
+        .collect();
+    let walked: Vec<String> = std::iter::once(base.clone())
+        .chain(
+            holding
+                .iter()
+                .filter(|d| purger_descends(d))
+                .map(|d| format!("{base}{d}")),
+        )
+        .collect();
+    let mut candidates: Vec<String> = bucket
+        .children_many(walked)?
         .into_iter()
         .flat_map(|(_, c)| c)
-        .filter(|c| !holding.contains(c.as_str()))
+        .filter(|c| {
+            c.strip_prefix(&base)
+                .is_some_and(|rel| !known.contains(&rel.to_string()))
+        })
         .collect();
+    if holding.is_empty() {
+        // No keys at all: `repositories/` itself may be an empty directory.
+        candidates.push(base.clone());
+    }
+    // Verified empty: nothing under it at all (a recursive listing).
+    let mut roots = Vec::new();
+    for c in candidates {
+        if bucket.list(vec![c.clone()])?.is_empty() {
+            roots.push(c);
+        }
+    }
     // Below an empty directory every directory is empty: collect them all.
-    let mut found = Vec::new();
+    let mut found: BTreeSet<String> = roots.iter().flat_map(|r| parents(r)).collect();
     let mut level = roots;
     while !level.is_empty() {
         found.extend(level.iter().cloned());
-        level = children_of(bucket, &base, level)?
+        level = bucket
+            .children_many(level)?
             .into_iter()
             .flat_map(|(_, c)| c)
             .collect();
     }
-    Ok(by_depth(found.into_iter().map(|d| format!("{base}{d}"))))
-}
-
-/// The child directories of each of `dirs` (relative to `base`), listed in parallel.
-fn children_of(
-    bucket: &Bucket,
-    base: &str,
-    dirs: Vec<String>,
-) -> Result<Vec<(String, Vec<String>)>> {
-    use rayon::prelude::*;
-    dirs.into_par_iter()
-        .map(|d| {
-            let kids = bucket.children(&format!("{base}{d}"))?;
-            let kids = kids
-                .into_iter()
-                .filter_map(|c| c.strip_prefix(base).map(str::to_string))
-                .collect();
-            Ok((d, kids))
-        })
-        .collect()
+    Ok(by_depth(found))
 }
 
 #[cfg(test)]
@@ -175,41 +236,90 @@ mod tests {
         format!("{V2}{k}")
     }
 
+    fn flat(levels: &Levels) -> Vec<String> {
+        levels.iter().flatten().cloned().collect()
+    }
+
     #[test]
-    fn emptied_directories_are_every_ancestor_below_the_roots_deepest_first() {
+    fn emptied_directories_are_a_removed_tags_own_deepest_first() {
         let h = "a".repeat(64);
         let keys = vec![
             v2(&format!(
-                "repositories/team/app/_manifests/tags/v1/index/sha256/{h}/link"
+                "repositories/app/_manifests/tags/v1/index/sha256/{h}/link"
             )),
-            v2("repositories/team/app/_manifests/tags/v1/current/link"),
+            v2("repositories/app/_manifests/tags/v1/current/link"),
             v2(&format!(
-                "repositories/team/app/_manifests/revisions/sha256/{h}/link"
+                "repositories/app/_manifests/revisions/sha256/{h}/link"
             )),
             v2(&format!("blobs/sha256/aa/{h}/data")),
-            ".regclean/pending".to_string(),
         ];
-        let levels = emptied(&keys);
-        let dirs: Vec<String> = levels.iter().flatten().cloned().collect();
-        for d in [
-            "repositories/team/app/_manifests/tags/v1/index/sha256/",
-            "repositories/team/app/_manifests/tags/v1/",
-            "repositories/team/app/_manifests/tags/",
-            &format!("repositories/team/app/_manifests/revisions/sha256/{h}/"),
-            "repositories/team/app/",
-            // The purger panics on an empty namespace directory as on a repository's.
-            "repositories/team/",
-            &format!("blobs/sha256/aa/{h}/"),
-            "blobs/sha256/aa/",
+        let levels = emptied(&keys, &[], Gone::Whole);
+        let dirs = flat(&levels);
+        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/v1/")));
+        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/v1/index/sha256/")));
+        assert!(dirs.contains(&v2("repositories/app/_manifests/tags/")));
+        for kept in [
+            "repositories/app/_manifests/".to_string(),
+            format!("repositories/app/_manifests/revisions/sha256/{h}/"),
+            format!("blobs/sha256/aa/{h}/"),
+            "blobs/sha256/aa/".to_string(),
+            "repositories/app/".to_string(),
+            "repositories/".to_string(),
         ] {
-            assert!(dirs.contains(&v2(d)), "{d} missing: {dirs:?}");
-        }
-        for kept in ["repositories/", "blobs/", "", ".regclean/"] {
-            assert!(!dirs.contains(&v2(kept)), "{kept} must stay: {dirs:?}");
-            assert!(!dirs.contains(&kept.to_string()), "{kept} must stay");
+            assert!(!dirs.contains(&v2(&kept)), "{kept} must stay: {dirs:?}");
         }
         let depths: Vec<usize> = levels.iter().map(|l| l[0].matches('/').count()).collect();
         assert!(depths.windows(2).all(|w| w[0] > w[1]), "{depths:?}");
+    }
+
+    #[test]
+    fn a_removed_repository_goes_with_its_directory_and_the_parents_it_empties() {
+        let h = "b".repeat(64);
+        let keys = vec![
+            v2(&format!("repositories/team/app/_layers/sha256/{h}/link")),
+            v2("repositories/team/app/_manifests/tags/v1/current/link"),
+            v2(&format!(
+                "repositories/team/app/api/_layers/sha256/{h}/link"
+            )),
+        ];
+        let repos = [v2("repositories/team/app/")];
+        let whole = flat(&emptied(&keys, &repos, Gone::Whole));
+        for d in [
+            "repositories/team/app/_layers/",
+            "repositories/team/app/_manifests/",
+            // The purger panics on an empty repository, namespace or `repositories/`; the
+            // store keeps each that still holds something (here `api`).
+            "repositories/team/app/",
+            "repositories/team/",
+            "repositories/",
+        ] {
+            assert!(whole.contains(&v2(d)), "{d} missing: {whole:?}");
+        }
+        for kept in [
+            "repositories/team/app/api/",
+            "repositories/team/app/api/_layers/",
+            "",
+        ] {
+            assert!(!whole.contains(&v2(kept)), "{kept} must stay: {whole:?}");
+        }
+        // While registries serve, its `_layers` stay, and so does its directory.
+        let parts = flat(&emptied(&keys, &repos, Gone::Parts));
+        assert!(parts.contains(&v2("repositories/team/app/_manifests/")));
+        assert!(!parts.contains(&v2("repositories/team/app/")), "{parts:?}");
+        assert!(!parts.contains(&v2("repositories/team/")), "{parts:?}");
+    }
+
+    #[test]
+    fn parents_stop_at_repositories() {
+        let got: Vec<String> = parents(&v2("repositories/a/b/_uploads/")).collect();
+        assert_eq!(
+            got,
+            [
+                v2("repositories/a/b/"),
+                v2("repositories/a/"),
+                v2("repositories/")
+            ]
+        );
     }
 
     #[test]

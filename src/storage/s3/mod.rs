@@ -42,14 +42,12 @@ impl S3Store {
     fn shards(&self, base: &str, depth: usize) -> Result<Vec<String>> {
         let mut level = vec![base.to_string()];
         for _ in 0..depth {
-            let next: Vec<Result<Vec<String>>> = {
-                use rayon::prelude::*;
-                level.par_iter().map(|p| self.bucket.children(p)).collect()
-            };
-            let mut out = Vec::new();
-            for n in next {
-                out.extend(n?);
-            }
+            let out: Vec<String> = self
+                .bucket
+                .children_many(level)?
+                .into_iter()
+                .flat_map(|(_, c)| c)
+                .collect();
             // Keys right at this level (no deeper "directory") are listed by their parent's
             // shard; a store has none in a valid layout, so they are caught as odd below.
             level = out;
