@@ -133,7 +133,10 @@ fn online_cycle(settings: &Settings, report: &mut Report) {
         }
         .into(),
     );
-    let root = std::path::PathBuf::from(&report.root);
+    let root = report
+        .state_root
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(&report.root));
     crate::progress::phase("asking the supervisor for an online collection cycle");
     let Some(answer) = crate::supervise::control::request(&root, args) else {
         return;
@@ -561,6 +564,7 @@ fn build_report(
             manifests: plan.pinned.clone(),
         },
         object_requests: None,
+        state_root: None,
     }
 }
 
@@ -569,10 +573,11 @@ fn build_report(
 /// ([`crate::storage::s3::change`]: lock object, ordered batched deletes).
 ///
 /// Refusals, all before any request that writes: pruning or collection without
-/// `--registry-stopped` (no live guard sees registries on other hosts; removal alone is
-/// allowed), the registry's collector (regclean's native sweep is the point here), and
-/// policies on pull activity (recorded only by a supervisor on a filesystem store). A dry run
-/// writes nothing, not even the lock object.
+/// `--registry-stopped` and without a supervisor (no live guard sees registries on other
+/// hosts; removal alone is allowed; next to `regclean supervise` the collection is its
+/// read-only cycle's), the registry's collector (regclean's native sweep is the point here),
+/// and policies on pull activity no supervisor recorded. A dry run writes nothing, not even
+/// the lock object.
 fn run_object(
     settings: &Settings,
     loc: &Location,
@@ -583,10 +588,18 @@ fn run_object(
     let mut timer = crate::timing::Timer::default();
     let dry = settings.mode == Mode::DryRun;
     let collects = settings.gc.request != collect::GcRequest::Skip;
-    if collects && !dry && settings.registries == cli::Registries::MayServe {
+    // A supervisor (`regclean supervise`, its state in a local directory) serves this bucket
+    // here: removal now, collection in its read-only cycle, as next to a supervised
+    // filesystem store.
+    let state_root = crate::supervise::control::object_state_root();
+    let may_serve = settings.registries == cli::Registries::MayServe;
+    let supervised =
+        collects && !dry && may_serve && crate::supervise::control::listening(&state_root);
+    if collects && !dry && may_serve && !supervised {
         return Err(Error::Unsafe(format!(
-            "{}: pruning and collection on object storage need every registry serving this bucket stopped or read-only, and no guard can see registries on other hosts: stop them (or make them read-only), then run again with --registry-stopped; or remove only, with --no-gc. Nothing was changed",
-            loc.root.display()
+            "{}: pruning and collection on object storage need every registry serving this bucket stopped or read-only, and no guard can see registries on other hosts: stop them (or make them read-only), then run again with --registry-stopped; or remove only, with --no-gc; or run the registry under `regclean supervise`, whose read-only cycle collects (no supervisor listens in {}). Nothing was changed",
+            loc.root.display(),
+            state_root.join(STATE_DIR).display()
         )));
     }
     if settings.gc.collector == collect::CollectorChoice::Registry {
@@ -595,17 +608,8 @@ fn run_object(
             loc.root.display()
         )));
     }
-    if settings
-        .request
-        .retention
-        .as_ref()
-        .is_some_and(|p| p.uses_pulls())
-    {
-        return Err(Error::Usage(format!(
-            "{}: the policy uses pulled_within/keep_pulled_within, but pull activity is recorded only by `regclean supervise` on a filesystem store",
-            loc.root.display()
-        )));
-    }
+    // Pull activity, when a policy asks for it: recorded by a supervisor in its local state.
+    let request = with_activity(&settings.request, &state_root)?;
     let store = S3Store::open(s3)?;
     let bucket = store.bucket.clone();
     tracing::info!("object store {}", bucket.url);
@@ -617,7 +621,7 @@ fn run_object(
     crate::progress::phase(format_args!("listing {}", bucket.url));
     let inv = store.scan()?;
     timer.lap("scan");
-    let mut plan = plan::plan(&inv, &settings.request, SystemTime::now());
+    let mut plan = plan::plan(&inv, &request, SystemTime::now());
     if let Some(why) = &plan.over_limit {
         return Err(Error::Unsafe(why.clone()));
     }
@@ -638,7 +642,18 @@ fn run_object(
             repos_dir: None,
             inv: &inv,
             plan: &plan,
-            serving: Vec::new(),
+            serving: match supervised {
+                true => vec![crate::live::Serving {
+                    pid: 0,
+                    cmdline: "regclean supervise".into(),
+                    readonly: false,
+                    reason: format!(
+                        "its control socket is in {}; it collects in its read-only cycle",
+                        state_root.join(STATE_DIR).display()
+                    ),
+                }],
+                false => Vec::new(),
+            },
             config: loc.config.as_ref(),
             now: SystemTime::now(),
         },
@@ -681,6 +696,7 @@ fn run_object(
     timer.lap("delete");
     let mut report = build_report(loc, dry, plan, prep, inv.oddities, changes, timer);
     report.object_requests = Some(bucket.requests.load(std::sync::atomic::Ordering::Relaxed));
+    report.state_root = Some(state_root);
     report.exit_code = report.exit(settings.missing).code();
     Ok(report)
 }

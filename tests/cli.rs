@@ -269,7 +269,7 @@ fn progress_lines_only_on_a_terminal() {
 }
 
 #[test]
-fn supervise_on_the_s3_driver_is_refused_with_exit_2_naming_the_bucket() {
+fn supervise_on_the_s3_driver_without_a_usable_state_directory_is_exit_2_naming_both() {
     let t = tempfile::tempdir().unwrap();
     let cfg = t.path().join("s3.yml");
     std::fs::write(
@@ -277,17 +277,24 @@ fn supervise_on_the_s3_driver_is_refused_with_exit_2_naming_the_bucket() {
         "version: 0.1\nstorage:\n  s3:\n    bucket: images\n    region: eu-west-1\n    rootdirectory: /reg\n",
     )
     .unwrap();
+    // A bucket has no directory here for the control socket and the pull activity: a local
+    // one is needed, and this one cannot be created (a file is in the way).
+    let blocked = t.path().join("file");
+    std::fs::write(&blocked, b"").unwrap();
     let o = regclean()
         .arg("supervise")
         .arg("--config")
         .arg(&cfg)
+        .env("REGCLEAN_STATE_DIR", blocked.join("state"))
         .args(["--", "true"])
         .output()
         .unwrap();
     assert_eq!(code(&o), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("s3://images/reg") && err.contains("--registry-stopped"),
+        err.contains("s3://images/reg")
+            && err.contains("REGCLEAN_STATE_DIR")
+            && err.contains("file/state"),
         "{err}"
     );
 }

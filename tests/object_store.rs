@@ -519,3 +519,141 @@ fn s3_a_run_killed_mid_delete_is_finished_by_the_next() {
     let o = r.regclean(&["--check"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+#[test]
+fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
+    if !e2e_available() {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let Some(weed) = Seaweed::start() else { return };
+    let mut r = Registry::start_s3(&weed);
+    r.stop();
+    let bucket = r.s3.clone().unwrap();
+    // The supervisor's state (control socket, pull activity) in a local directory: a bucket
+    // has none here.
+    let state = r.tmp.path().join("state");
+    let log = std::fs::File::create(r.tmp.path().join("supervisor.log")).unwrap();
+    let _sup = Sup(regclean()
+        .env("REGCLEAN_STATE_DIR", &state)
+        .env_remove("AWS_CA_BUNDLE")
+        .args([
+            "supervise",
+            "--drain",
+            "5s",
+            "--",
+            "docker-registry",
+            "serve",
+        ])
+        .arg(&r.config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(r.get("/v2/"), Ok((200, _))) {
+        assert!(Instant::now() < deadline, "no supervisor: {}", log_of(&r));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v1 = oci_image(&[BASE, b"supervised s3 v1 own"]);
+    let v2 = oci_image(&[BASE, b"supervised s3 v2 own"]);
+    let v3 = oci_image(&[BASE, b"supervised s3 v3 own, never pulled"]);
+    r.push(&v1, "app:v1");
+    r.push(&v2, "app:v2");
+    r.push(&v3, "app:v3");
+    let v1_own = sha(b"supervised s3 v1 own");
+    assert!(bucket.has_blob(&v1_own));
+
+    // A client pulling app:v2 without retries through the whole cycle.
+    let port = r.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let puller = {
+        let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let dest = tempfile::tempdir().unwrap();
+                let o = std::process::Command::new("skopeo")
+                    .args(["copy", "--retry-times", "0", "--src-tls-verify=false", "-q"])
+                    .arg(format!("docker://127.0.0.1:{port}/app:v2"))
+                    .arg(format!("dir:{}", dest.path().join("img").display()))
+                    .output()
+                    .unwrap();
+                if o.status.success() {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    errors
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&o.stderr).into_owned());
+                }
+            }
+        })
+    };
+    while ok.load(Ordering::SeqCst) < 3 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = |args: &[&str]| {
+        regclean()
+            .env("REGCLEAN_STATE_DIR", &state)
+            .arg("--config")
+            .arg(&r.config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Without --registry-stopped: removal now, collection in the supervisor's read-only
+    // cycle (no refusal: the supervisor is the guard).
+    let o = run(&["--json", "app:v1"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), log_of(&r));
+    let j = json(&o);
+    assert_eq!(j["gc"]["status"], "deferred", "{}", j["gc"]);
+    let c = &j["supervisor"];
+    assert_eq!(c["exit_code"], 0, "{c}");
+    assert!(
+        c["report"]["gc"]["freed_bytes"].as_u64().unwrap() > 0,
+        "{c}"
+    );
+    assert!(c["readonly_ms"].as_u64().is_some(), "{c}");
+    assert!(!bucket.has_blob(&v1_own), "v1's own layer is freed");
+    assert!(bucket.has_blob(&sha(BASE)), "the shared base stays");
+    assert_eq!(bucket.purger_hazards(), Vec::<String>::new());
+    while ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < 20 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    puller.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed pulls (of {}): {:?}",
+        ok.load(Ordering::SeqCst),
+        errors.lock().unwrap()
+    );
+
+    // Pull activity recorded by the supervisor serves policies on the bucket: v2 was pulled,
+    // v3 never.
+    let policy = r.tmp.path().join("policy.yml");
+    std::fs::write(
+        &policy,
+        "version: 1\npolicies:\n  - repositories: [app]\n    keep: [{pulled_within: 1d}]\n",
+    )
+    .unwrap();
+    let o = run(&["--dry-run", "--policy", policy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("keep tag v2"), "{out}");
+    assert!(out.contains("would remove tag v3"), "{out}");
+
+    // A re-push of the removed image pulls with no manual restart (a fresh registry child).
+    r.push(&v1, "app:v1");
+    r.assert_pull(&["app:v1", "app:v2", "app:v3"]);
+    assert!(
+        bucket.has_blob(&v1_own),
+        "the re-push uploaded the layer again"
+    );
+}

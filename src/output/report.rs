@@ -66,6 +66,10 @@ pub struct Report {
     /// Requests made to object storage (`s3` driver only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object_requests: Option<u64>,
+    /// Where a supervisor's state would be, when not in `root` (a bucket's is local: see
+    /// [`crate::supervise::control::object_state_root`]).
+    #[serde(skip)]
+    pub state_root: Option<std::path::PathBuf>,
 }
 
 /// What pruning must spare: protected tags (repository, tag) and pinned untagged manifests

@@ -20,6 +20,25 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+/// Where the supervisor's state is for a store on object storage when REGCLEAN_STATE_DIR
+/// does not say (`DIR/.regclean/`).
+pub const OBJECT_STATE_DEFAULT: &str = "/var/lib/regclean";
+
+/// The local directory whose `.regclean` holds a supervisor's state for a bucket:
+/// REGCLEAN_STATE_DIR, else [`OBJECT_STATE_DEFAULT`].
+pub fn object_state_root() -> PathBuf {
+    std::env::var_os("REGCLEAN_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(OBJECT_STATE_DEFAULT), PathBuf::from)
+}
+
+/// Is a supervisor listening at `root`'s control socket?
+pub fn listening(root: &Path) -> bool {
+    state_dir(root, false)
+        .ok()
+        .is_some_and(|fd| UnixStream::connect(via_fd(&fd)).is_ok())
+}
+
 /// The socket's name in `.regclean`.
 pub const SOCKET: &str = "supervise.sock";
 

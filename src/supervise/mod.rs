@@ -60,6 +60,12 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
+    /// Where the supervisor keeps its control socket and pull activity (in `DIR/.regclean/`)
+    /// when the store is a bucket (`s3` driver); a filesystem store keeps them in its own
+    /// root. Runs that trigger cycles find the supervisor through the same variable.
+    #[arg(long, value_name = "DIR", env = "REGCLEAN_STATE_DIR", default_value = control::OBJECT_STATE_DEFAULT)]
+    pub state_dir: PathBuf,
+
     /// Registry config file [default: the first argument of COMMAND ending in .yml or .yaml,
     /// else REGISTRY_CONFIGURATION_PATH, else the image's default].
     #[arg(long, value_name = "FILE")]
@@ -111,11 +117,25 @@ pub struct Cycle {
     pub cycle_ms: u128,
 }
 
+/// Where the store lives, which decides how collection runs are started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Store {
+    /// A directory (`--root`); the supervisor's state is in it.
+    Filesystem,
+    /// A bucket (`s3` driver), as the registry's config names it; the supervisor's state is
+    /// in a local directory. Collection runs with `--registry-stopped`: the cycle serves the
+    /// bucket read-only while it runs.
+    Object,
+}
+
 struct Supervisor {
     command: Vec<OsString>,
     /// Environment every registry child gets (shared secret, drain time).
     env: Vec<(String, String)>,
+    /// The storage root (filesystem), or the local state directory (object storage): the
+    /// supervisor's state is in `root/.regclean`.
     root: PathBuf,
+    store: Store,
     config: Option<PathBuf>,
     drain: Duration,
     proxy: Arc<Proxy>,
@@ -215,14 +235,21 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     });
     let storage = std::env::var("REGISTRY_STORAGE").ok();
     let loc = config::locate(root, cfg.clone(), storage.as_deref()).map_err(|e| e.to_string())?;
-    if let config::Backend::S3(s3) = &loc.backend {
-        // Its control socket and pull activity live in the store's state directory, which a
-        // bucket does not have on this host.
-        return Err(format!(
-            "the registry's storage is {} (s3 driver): the supervisor needs a filesystem store; on object storage, stop the registries (or make them read-only) and run `regclean --registry-stopped`",
-            s3.url()
-        ));
-    }
+    // Its control socket and pull activity live in the store's state directory; a bucket
+    // has none on this host, so they go to a local directory.
+    let (root, store) = match &loc.backend {
+        config::Backend::S3(s3) => {
+            std::fs::create_dir_all(&args.state_dir).map_err(|e| {
+                format!(
+                    "the registry's storage is {} (s3 driver): its state directory --state-dir/REGCLEAN_STATE_DIR {}: {e}",
+                    s3.url(),
+                    args.state_dir.display()
+                )
+            })?;
+            (args.state_dir.clone(), Store::Object)
+        }
+        config::Backend::Filesystem => (loc.root.clone(), Store::Filesystem),
+    };
     let drain = humantime::parse_duration(&args.drain)
         .map_err(|e| format!("--drain '{}': {e}", args.drain))?;
     let schedule = args
@@ -258,9 +285,9 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
             .and_then(|c| config::get(&c.yaml, &["notifications", "endpoints"]))
             .cloned(),
     };
-    match control::state_dir(&loc.root, true)
+    match control::state_dir(&root, true)
         .map_err(|e| e.to_string())
-        .and_then(|_| events::start(&loc.root))
+        .and_then(|_| events::start(&root))
     {
         Ok(addr) => child_env.push((
             "REGISTRY_NOTIFICATIONS_ENDPOINTS".to_string(),
@@ -276,7 +303,8 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     let sup = Arc::new(Supervisor {
         command: args.command,
         env: child_env,
-        root: loc.root,
+        root,
+        store,
         config: config_path,
         drain,
         proxy: Proxy::new(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -500,6 +528,17 @@ impl Supervisor {
         })
     }
 
+    /// Names the store for a regclean run: its root, or, for a bucket (named by the config),
+    /// that the registries are read-only meanwhile and where the supervisor's state is.
+    fn store_args(&self, c: &mut Command) {
+        match self.store {
+            Store::Filesystem => c.arg("--root").arg(&self.root),
+            Store::Object => c
+                .arg("--registry-stopped")
+                .env("REGCLEAN_STATE_DIR", &self.root),
+        };
+    }
+
     /// Runs `regclean --gc-only` on the store (this very binary), its JSON report parsed.
     fn collect(&self, args: &[String]) -> Result<(i32, serde_json::Value), String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -512,14 +551,9 @@ impl Supervisor {
             }
         }
         crate::gc::die_with_parent(&mut c, Signal::SIGTERM);
-        c.arg("--gc-only")
-            .arg("--json")
-            .arg("--wait")
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+        c.arg("--gc-only").arg("--json").arg("--wait");
+        self.store_args(&mut c);
+        c.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         match &self.config {
             Some(p) => c.arg("--config").arg(p),
             None => c.arg("--config").arg("/dev/null"),
@@ -580,9 +614,13 @@ impl Supervisor {
         }
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut c = Command::new(exe);
-        c.arg("--root")
-            .arg(&self.root)
-            .arg("--ignore-missing")
+        // Not --registry-stopped here: the removal runs next to the writable registry, and
+        // asks for the cycle (which collects) like any run next to the supervisor.
+        match self.store {
+            Store::Filesystem => c.arg("--root").arg(&self.root),
+            Store::Object => c.env("REGCLEAN_STATE_DIR", &self.root),
+        };
+        c.arg("--ignore-missing")
             .args(targets.split_whitespace())
             .stdin(Stdio::null());
         match &self.config {
