@@ -139,6 +139,14 @@ fn online_cycle(settings: &Settings, report: &mut Report) {
         .unwrap_or_else(|| std::path::PathBuf::from(&report.root));
     crate::progress::phase("asking the supervisor for an online collection cycle");
     let Some(answer) = crate::supervise::control::request(&root, args) else {
+        if report.state_root.is_some() {
+            // On object storage the run went ahead only because a supervisor answered: that
+            // it is gone now means nothing was collected, which must not look like success.
+            report.supervisor = Some(serde_json::json!({
+                "error": format!("the supervisor at {} stopped answering: nothing was collected; run again", root.join(STATE_DIR).display())
+            }));
+            report.exit_code = report.exit_code.max(Exit::Failed.code());
+        }
         return;
     };
     let failed = match &answer {
@@ -591,11 +599,13 @@ fn run_object(
     // A supervisor (`regclean supervise`, its state in a local directory) serves this bucket
     // here: removal now, collection in its read-only cycle, as next to a supervised
     // filesystem store.
-    let state_root = crate::supervise::control::object_state_root();
+    let state_root = crate::supervise::control::object_state_root(s3);
     let may_serve = settings.registries == cli::Registries::MayServe;
     let supervised =
         collects && !dry && may_serve && crate::supervise::control::listening(&state_root);
-    if collects && !dry && may_serve && !supervised {
+    // `--gc-while-serving` would sweep here, next to the supervisor's writable registry.
+    let overridden = settings.gc.live == collect::LivePolicy::Override;
+    if collects && !dry && may_serve && (!supervised || overridden) {
         return Err(Error::Unsafe(format!(
             "{}: pruning and collection on object storage need every registry serving this bucket stopped or read-only, and no guard can see registries on other hosts: stop them (or make them read-only), then run again with --registry-stopped; or remove only, with --no-gc; or run the registry under `regclean supervise`, whose read-only cycle collects (no supervisor listens in {}). Nothing was changed",
             loc.root.display(),

@@ -286,6 +286,7 @@ fn supervise_on_the_s3_driver_without_a_usable_state_directory_is_exit_2_naming_
         .arg("--config")
         .arg(&cfg)
         .env("REGCLEAN_STATE_DIR", blocked.join("state"))
+        .env("REGCLEAN_SOLE_REGISTRY", "true")
         .args(["--", "true"])
         .output()
         .unwrap();
@@ -294,8 +295,23 @@ fn supervise_on_the_s3_driver_without_a_usable_state_directory_is_exit_2_naming_
     assert!(
         err.contains("s3://images/reg")
             && err.contains("REGCLEAN_STATE_DIR")
-            && err.contains("file/state"),
+            && err.contains("file/state/s3-"),
         "{err}"
+    );
+    // Without REGCLEAN_SOLE_REGISTRY other registries may serve the bucket: a schedule, whose
+    // cleans collect in the cycle, is refused.
+    let o = regclean()
+        .arg("supervise")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--schedule", "0 3 * * *", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("REGCLEAN_SOLE_REGISTRY=true"),
+        "{}",
+        text(&o)
     );
 }
 

@@ -538,6 +538,7 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
     let log = std::fs::File::create(r.tmp.path().join("supervisor.log")).unwrap();
     let _sup = Sup(regclean()
         .env("REGCLEAN_STATE_DIR", &state)
+        .env("REGCLEAN_SOLE_REGISTRY", "true")
         .env_remove("AWS_CA_BUNDLE")
         .args([
             "supervise",
@@ -597,15 +598,28 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
     while ok.load(Ordering::SeqCst) < 3 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let run = |args: &[&str]| {
+    let run_in = |dir: &std::path::Path, args: &[&str]| {
         regclean()
-            .env("REGCLEAN_STATE_DIR", &state)
+            .env("REGCLEAN_STATE_DIR", dir)
             .arg("--config")
             .arg(&r.config)
             .args(args)
             .output()
             .unwrap()
     };
+    let run = |args: &[&str]| run_in(&state, args);
+    // Where no supervisor of this bucket listens, and with --gc-while-serving next to it,
+    // collection is refused as without a supervisor: exit 3, nothing changed.
+    let elsewhere = r.tmp.path().join("elsewhere");
+    for (dir, args) in [
+        (elsewhere.as_path(), &["app:v3"][..]),
+        (state.as_path(), &["--gc-while-serving", "app:v3"][..]),
+    ] {
+        let before = bucket.keys();
+        let o = run_in(dir, args);
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {}", text(&o));
+        assert_eq!(bucket.keys(), before, "{args:?} changed the bucket");
+    }
     // Without --registry-stopped: removal now, collection in the supervisor's read-only
     // cycle (no refusal: the supervisor is the guard).
     let o = run(&["--json", "app:v1"]);

@@ -20,16 +20,28 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-/// Where the supervisor's state is for a store on object storage when REGCLEAN_STATE_DIR
-/// does not say (`DIR/.regclean/`).
+/// Where supervisors keep their state for stores on object storage when REGCLEAN_STATE_DIR
+/// does not say.
 pub const OBJECT_STATE_DEFAULT: &str = "/var/lib/regclean";
 
-/// The local directory whose `.regclean` holds a supervisor's state for a bucket:
-/// REGCLEAN_STATE_DIR, else [`OBJECT_STATE_DEFAULT`].
-pub fn object_state_root() -> PathBuf {
-    std::env::var_os("REGCLEAN_STATE_DIR")
+/// The local directory whose `.regclean` holds a supervisor's state for this bucket:
+/// `$REGCLEAN_STATE_DIR/s3-<hash>` (default [`OBJECT_STATE_DEFAULT`]), the hash of the
+/// endpoint, bucket and prefix. One per bucket: two supervised registries on one host never
+/// share a control socket or a pull record, and a run only ever finds its own bucket's.
+pub fn object_state_root(s3: &crate::storage::s3::settings::S3Settings) -> PathBuf {
+    use sha2::Digest as _;
+    let base = std::env::var_os("REGCLEAN_STATE_DIR")
         .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(OBJECT_STATE_DEFAULT), PathBuf::from)
+        .map_or_else(|| PathBuf::from(OBJECT_STATE_DEFAULT), PathBuf::from);
+    let id = format!(
+        "{}\n{}\n{}",
+        s3.endpoint.as_deref().unwrap_or(""),
+        s3.bucket,
+        s3.prefix
+    );
+    let h = sha2::Sha256::digest(id.as_bytes());
+    let hex: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+    base.join(format!("s3-{hex}"))
 }
 
 /// Is a supervisor listening at `root`'s control socket?
@@ -78,12 +90,26 @@ pub fn state_dir(root: &Path, create: bool) -> std::io::Result<OwnedFd> {
             Err(e) => return Err(e),
         }
     }
-    open(
+    let fd = open(
         &dir,
         OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
         Mode::empty(),
     )
-    .map_err(std::io::Error::from)
+    .map_err(std::io::Error::from)?;
+    // The socket and the pull record are trusted: only in a directory nobody else can write.
+    let st = nix::sys::stat::fstat(&fd).map_err(std::io::Error::from)?;
+    if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not owned by this user or is writable by others (uid {}, mode {:o}): not trusted",
+                dir.display(),
+                st.st_uid,
+                st.st_mode & 0o7777
+            ),
+        ));
+    }
+    Ok(fd)
 }
 
 fn via_fd(fd: &OwnedFd) -> PathBuf {
@@ -97,6 +123,17 @@ pub fn bind(root: &Path) -> std::io::Result<(UnixListener, OwnedFd)> {
     let fd = state_dir(root, true)?;
     let path = via_fd(&fd);
     match std::fs::symlink_metadata(&path) {
+        // A live supervisor's socket is never taken over: two supervisors on one store would
+        // each believe their cycle is the only writer.
+        Ok(m) if m.file_type().is_socket() && UnixStream::connect(&path).is_ok() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another supervisor listens on {}",
+                    root.join(STATE_DIR).join(SOCKET).display()
+                ),
+            ))
+        }
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)?,
         Ok(_) => {
             return Err(std::io::Error::other(format!(
@@ -159,4 +196,55 @@ pub fn request(root: &Path, args: Vec<String>) -> Option<Result<serde_json::Valu
         Ok(_) => serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}")),
         Err(e) => Err(format!("reading from the supervisor: {e}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_supervisors_socket_is_never_taken_over_and_a_stale_one_is() {
+        let t = tempfile::tempdir().unwrap();
+        let (first, _fd) = bind(t.path()).unwrap();
+        let e = bind(t.path()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        assert!(listening(t.path()));
+        drop(first);
+        // The listener is gone, its socket file stays: stale, replaced.
+        assert!(!listening(t.path()));
+        let (_again, _fd) = bind(t.path()).unwrap();
+        assert!(listening(t.path()));
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_not_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join(STATE_DIR);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = state_dir(t.path(), false).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        assert!(bind(t.path()).is_err());
+        assert!(!listening(t.path()));
+    }
+
+    #[test]
+    fn each_bucket_has_its_own_state_directory() {
+        let s = |bucket: &str, prefix: &str| crate::storage::s3::settings::S3Settings {
+            region: "us-east-1".into(),
+            endpoint: Some("http://127.0.0.1:8333".into()),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            keys: None,
+            session_token: None,
+            secure: false,
+            path_style: true,
+            source: "test".into(),
+        };
+        let a = object_state_root(&s("images", "reg"));
+        assert_eq!(a, object_state_root(&s("images", "reg")));
+        assert_ne!(a, object_state_root(&s("images", "other")));
+        assert_ne!(a, object_state_root(&s("images2", "reg")));
+        assert!(a.file_name().unwrap().to_str().unwrap().starts_with("s3-"));
+    }
 }

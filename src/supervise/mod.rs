@@ -60,11 +60,16 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
-    /// Where the supervisor keeps its control socket and pull activity (in `DIR/.regclean/`)
-    /// when the store is a bucket (`s3` driver); a filesystem store keeps them in its own
-    /// root. Runs that trigger cycles find the supervisor through the same variable.
-    #[arg(long, value_name = "DIR", env = "REGCLEAN_STATE_DIR", default_value = control::OBJECT_STATE_DEFAULT)]
-    pub state_dir: PathBuf,
+    /// Object storage (`s3` driver): you state that this supervisor's registry is the only
+    /// one serving the bucket (no other host, no other container). Only then does its
+    /// read-only cycle collect the bucket (no live guard can see other hosts), and only then
+    /// is its pull record complete enough for `pulled_within`. Without it, on a bucket, the
+    /// supervisor relays and supervises but offers no cycle and records no pulls. Its state
+    /// goes to `$REGCLEAN_STATE_DIR/s3-<hash of the bucket>/.regclean/` (default
+    /// REGCLEAN_STATE_DIR: /var/lib/regclean), where runs next to it look. Ignored on a
+    /// filesystem store, where the live guard looks for itself.
+    #[arg(long, env = "REGCLEAN_SOLE_REGISTRY")]
+    pub sole_registry: bool,
 
     /// Registry config file [default: the first argument of COMMAND ending in .yml or .yaml,
     /// else REGISTRY_CONFIGURATION_PATH, else the image's default].
@@ -122,10 +127,12 @@ pub struct Cycle {
 enum Store {
     /// A directory (`--root`); the supervisor's state is in it.
     Filesystem,
-    /// A bucket (`s3` driver), as the registry's config names it; the supervisor's state is
-    /// in a local directory. Collection runs with `--registry-stopped`: the cycle serves the
-    /// bucket read-only while it runs.
+    /// A bucket (`s3` driver), as the registry's config names it, that this registry alone
+    /// serves (`--sole-registry`); the supervisor's state is in a local directory. Collection
+    /// runs with `--registry-stopped`: the cycle serves the bucket read-only while it runs.
     Object,
+    /// A bucket other registries may serve too: no cycles, no pull record.
+    Unguarded,
 }
 
 struct Supervisor {
@@ -238,18 +245,34 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     // Its control socket and pull activity live in the store's state directory; a bucket
     // has none on this host, so they go to a local directory.
     let (root, store) = match &loc.backend {
-        config::Backend::S3(s3) => {
-            std::fs::create_dir_all(&args.state_dir).map_err(|e| {
+        config::Backend::S3(s3) if args.sole_registry => {
+            let dir = control::object_state_root(s3);
+            std::fs::create_dir_all(&dir).map_err(|e| {
                 format!(
-                    "the registry's storage is {} (s3 driver): its state directory --state-dir/REGCLEAN_STATE_DIR {}: {e}",
+                    "the registry's storage is {} (s3 driver): its local state directory {} (REGCLEAN_STATE_DIR): {e}",
                     s3.url(),
-                    args.state_dir.display()
+                    dir.display()
                 )
             })?;
-            (args.state_dir.clone(), Store::Object)
+            (dir, Store::Object)
+        }
+        config::Backend::S3(s3) => {
+            say!(
+                "the registry's storage is {} (s3 driver): no online collection cycles and no pull record, since other registries may serve the bucket; if this is its only registry, set REGCLEAN_SOLE_REGISTRY=true (--sole-registry)",
+                s3.url()
+            );
+            (PathBuf::new(), Store::Unguarded)
         }
         config::Backend::Filesystem => (loc.root.clone(), Store::Filesystem),
     };
+    if store == Store::Unguarded
+        && args
+            .schedule
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty())
+    {
+        return Err("--schedule/REGCLEAN_SCHEDULE on object storage needs REGCLEAN_SOLE_REGISTRY=true (--sole-registry): its cleans collect in the supervisor's read-only cycle, which is only safe when no other registry serves the bucket".into());
+    }
     let drain = humantime::parse_duration(&args.drain)
         .map_err(|e| format!("--drain '{}': {e}", args.drain))?;
     let schedule = args
@@ -285,10 +308,11 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
             .and_then(|c| config::get(&c.yaml, &["notifications", "endpoints"]))
             .cloned(),
     };
-    match control::state_dir(&root, true)
-        .map_err(|e| e.to_string())
-        .and_then(|_| events::start(&root))
-    {
+    let state = match store {
+        Store::Unguarded => Err("other registries may serve the bucket".to_string()),
+        _ => control::state_dir(&root, true).map_err(|e| e.to_string()),
+    };
+    match state.and_then(|_| events::start(&root)) {
         Ok(addr) => child_env.push((
             "REGISTRY_NOTIFICATIONS_ENDPOINTS".to_string(),
             events::endpoints(user_endpoints, addr),
@@ -333,7 +357,13 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     sup.state.lock().expect("state").active = first.pid;
     let p = Arc::clone(&sup.proxy);
     std::thread::spawn(move || p.serve(listener));
-    match control::bind(&sup.root) {
+    let bound = match sup.store {
+        Store::Unguarded => Err(std::io::Error::other(
+            "other registries may serve the bucket (REGCLEAN_SOLE_REGISTRY is not set)",
+        )),
+        _ => control::bind(&sup.root),
+    };
+    match bound {
         Ok((l, fd)) => {
             // Cycles run on one long-lived worker thread, not on the connection's: children
             // get PR_SET_PDEATHSIG, which Linux sends when the *thread* that spawned them
@@ -365,8 +395,13 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
             });
         }
         Err(e) => tracing::warn!(
-            "no control socket in {}: {e}; regclean runs next to this registry will defer collection",
-            sup.root.display()
+            "no control socket in {}: {e}; regclean runs next to this registry will {}",
+            sup.root.join(crate::app::STATE_DIR).display(),
+            match sup.store {
+                Store::Filesystem => "defer collection",
+                Store::Object | Store::Unguarded =>
+                    "be refused collection (exit 3) unless they say --registry-stopped",
+            }
         ),
     }
     if let Some(cron) = schedule {
@@ -533,9 +568,7 @@ impl Supervisor {
     fn store_args(&self, c: &mut Command) {
         match self.store {
             Store::Filesystem => c.arg("--root").arg(&self.root),
-            Store::Object => c
-                .arg("--registry-stopped")
-                .env("REGCLEAN_STATE_DIR", &self.root),
+            Store::Object | Store::Unguarded => c.arg("--registry-stopped"),
         };
     }
 
@@ -616,10 +649,9 @@ impl Supervisor {
         let mut c = Command::new(exe);
         // Not --registry-stopped here: the removal runs next to the writable registry, and
         // asks for the cycle (which collects) like any run next to the supervisor.
-        match self.store {
-            Store::Filesystem => c.arg("--root").arg(&self.root),
-            Store::Object => c.env("REGCLEAN_STATE_DIR", &self.root),
-        };
+        if self.store == Store::Filesystem {
+            c.arg("--root").arg(&self.root);
+        }
         c.arg("--ignore-missing")
             .args(targets.split_whitespace())
             .stdin(Stdio::null());
