@@ -671,3 +671,52 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
         "the re-push uploaded the layer again"
     );
 }
+
+#[test]
+fn s3_the_entrypoint_hook_collects_at_start_only_as_the_sole_registry() {
+    if !e2e_available() {
+        return;
+    }
+    let Some(weed) = Seaweed::start() else { return };
+    let mut r = Registry::start_s3(&weed);
+    r.push(&oci_image(&[BASE, b"hook v1 own"]), "app:v1");
+    r.push(&oci_image(&[BASE, b"hook v2 own"]), "app:v2");
+    r.stop();
+    let bucket = r.s3.clone().unwrap();
+    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/regclean-hook");
+    // The registry's config is the entrypoint's argument, as in the image (`true` stands in
+    // for the registry, which the hook would exec).
+    let start = |sole: &str| {
+        std::process::Command::new("sh")
+            .arg(hook)
+            .arg("true")
+            .arg(&r.config)
+            .env("REGCLEAN_BIN", env!("CARGO_BIN_EXE_regclean"))
+            .env("REGCLEAN_TARGETS", "app:v1")
+            .env("REGCLEAN_SUPERVISE", "false")
+            .env("REGCLEAN_SOLE_REGISTRY", sole)
+            .env("REGCLEAN_STATE_DIR", r.tmp.path().join("state"))
+            .output()
+            .unwrap()
+    };
+    // Not said to be the only registry: the clean is refused (other hosts may serve the
+    // bucket), loudly, and the registry starts anyway; nothing changed.
+    let before = bucket.keys();
+    let o = start("false");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("CLEAN FAILED with exit code 3"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(bucket.keys(), before);
+    // Said so: removal and collection before the registry serves.
+    let o = start("true");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("clean done"), "{}", text(&o));
+    assert!(!bucket.has_blob(&sha(b"hook v1 own")));
+    assert!(bucket.has_blob(&sha(b"hook v2 own")));
+    r.serve(&[]);
+    r.assert_pull(&["app:v2"]);
+    r.assert_gone(&["app:v1"]);
+}
