@@ -467,6 +467,9 @@ pub fn run(settings: &Settings) -> Result<Report> {
     // Everything that can refuse does so here, before the first change.
     crate::progress::phase("planning and predicting what collection frees");
     let serving = crate::live::serving(&loc.root);
+    let supervised = !dry
+        && settings.gc.request == collect::GcRequest::Only
+        && crate::supervise::control::listening(&loc.root);
     let mut prep = collect::prepare(
         &settings.gc,
         collect::Inputs {
@@ -476,6 +479,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
             inv: &inv,
             plan: &plan,
             serving,
+            supervised,
             config: loc.config.as_ref(),
             now: SystemTime::now(),
         },
@@ -664,6 +668,7 @@ fn run_object(
                 }],
                 false => Vec::new(),
             },
+            supervised,
             config: loc.config.as_ref(),
             now: SystemTime::now(),
         },

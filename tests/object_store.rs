@@ -663,6 +663,11 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
     assert!(out.contains("keep tag v2"), "{out}");
     assert!(out.contains("would remove tag v3"), "{out}");
 
+    // An explicit collection next to the supervisor is its cycle's too.
+    let o = run(&["--json", "--gc-only"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(json(&o)["supervisor"]["exit_code"], 0, "{}", text(&o));
+
     // A re-push of the removed image pulls with no manual restart (a fresh registry child).
     r.push(&v1, "app:v1");
     r.assert_pull(&["app:v1", "app:v2", "app:v3"]);

@@ -147,6 +147,12 @@ fn online_collection_frees_the_disk_with_zero_failed_pulls_and_a_repush_pulls_ag
     );
     let check = h.regclean(&["--check"]);
     assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    // gc_only_next_to_the_supervisor_was_refused: an explicit collection is the cycle's.
+    let o = h.regclean(&["--json", "--gc-only"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), log_of(&h));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["supervisor"]["exit_code"], 0, "{j}");
+    h.assert_pull(&["app:v1", "app:v2"]);
 
     // SIGTERM stops the supervisor and the registry within 10 s, exit 0.
     let t = Instant::now();

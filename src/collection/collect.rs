@@ -239,6 +239,9 @@ pub struct Inputs<'a> {
     pub plan: &'a Plan,
     /// Registries serving this store ([`crate::live::serving`]).
     pub serving: Vec<Serving>,
+    /// A supervisor (`regclean supervise`) fronts the registry and collects in its read-only
+    /// cycle: an explicit `--gc-only` next to it is deferred to that cycle, not refused.
+    pub supervised: bool,
     /// The registry's config (upload purging settings).
     pub config: Option<&'a crate::config::RegistryConfig>,
     /// Now (upload ages).
@@ -275,6 +278,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
         inv,
         plan,
         serving,
+        supervised,
         config,
         now,
     } = i;
@@ -324,7 +328,7 @@ pub fn prepare(s: &GcSettings, i: Inputs<'_>) -> Result<Prepared> {
             .map(|w| format!("pid {} ({}: {})", w.pid, w.cmdline, w.reason))
             .collect::<Vec<_>>()
             .join(", ");
-        if s.request == GcRequest::Only {
+        if s.request == GcRequest::Only && !supervised {
             return Err(Error::Unsafe(format!(
                 "refusing to collect: a writable registry serves this store: {who}. Stop it or restart it read-only (storage.maintenance.readonly.enabled: true, or REGISTRY_STORAGE_MAINTENANCE_READONLY='{{\"enabled\":true}}'), then run again; --gc-while-serving overrides at the risk of losing layers of concurrent pushes"
             )));
