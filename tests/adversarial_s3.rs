@@ -554,3 +554,39 @@ fn s3_environment_session_token_is_mixed_into_the_configs_static_keys() {
         text(&o)
     );
 }
+
+/// The lock's staleness was judged by this host's clock against the store's `Last-Modified`:
+/// a host whose clock runs more than 300 s ahead took over a live lock. Simulated by a proxy
+/// that answers with an old `Last-Modified` for the lock *and* for every object written now
+/// (the store's clock is then far behind this host's): the lock is fresh by the store's clock,
+/// and the run is refused.
+#[test]
+fn s3_a_clock_running_ahead_took_over_a_live_lock() {
+    if !e2e_available() {
+        return;
+    }
+    let Some(weed) = Seaweed::start() else { return };
+    let r = Registry::start_s3(&weed);
+    r.push(&oci_image(&[b"base", b"clock"]), "lk:t1");
+    let bucket = r.s3.clone().unwrap();
+    let lock = br#"{"token":"alive","host":"elsewhere","pid":7}"#;
+    bucket.put_root(".regclean/lock", lock);
+    let p = Proxy::start(
+        weed.s3_port,
+        vec![
+            rule("GET", ".regclean/lock", Action::OldLastModified, 100),
+            rule("GET", ".regclean/clock", Action::OldLastModified, 100),
+        ],
+    );
+    let before = bucket.keys();
+    let o = regclean_via(&r, &p, &["--no-gc", "lk:t1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("another regclean run holds"),
+        "{}",
+        out(&o)
+    );
+    assert_eq!(bucket.keys(), before, "the live lock was taken over");
+}

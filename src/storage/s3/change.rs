@@ -40,6 +40,23 @@ const HEARTBEAT: Duration = Duration::from_secs(30);
 /// the next run takes it over.
 pub const STALE: Duration = Duration::from_secs(300);
 
+/// The object store's own clock: the modification time it gives a probe object written now
+/// (`.regclean/clock-<token>`, deleted at once).
+fn store_now(bucket: &Bucket, token: &str) -> Result<SystemTime> {
+    let key = format!(".regclean/clock-{token}");
+    bucket.put(&key, token.as_bytes().to_vec())?;
+    let got = bucket.get_meta(&key);
+    if let Err(e) = bucket.delete_one(&key) {
+        tracing::warn!("deleting the clock probe: {e}");
+    }
+    got?.map(|(_, t, _)| t).ok_or_else(|| {
+        Error::Failed(format!(
+            "{}/{key}: written, then not found: the store's clock cannot be read",
+            bucket.url
+        ))
+    })
+}
+
 /// A held lock object: rewritten every [`HEARTBEAT`] by a thread, deleted on drop.
 pub struct Lock {
     bucket: Arc<Bucket>,
@@ -112,9 +129,23 @@ pub fn acquire(bucket: Arc<Bucket>, wait: WaitMode) -> Result<Lock> {
         let Some((owner, modified, etag)) = bucket.get_meta(LOCK_KEY)? else {
             continue; // released meanwhile
         };
-        let age = SystemTime::now()
+        let mut age = SystemTime::now()
             .duration_since(modified)
             .unwrap_or_default();
+        if age > STALE {
+            // Stale by this host's clock: confirmed by the store's own, which stamped the
+            // lock (a host whose clock runs ahead would take over a live lock).
+            age = store_now(&bucket, &token)?
+                .duration_since(modified)
+                .unwrap_or_default();
+            if age <= STALE {
+                tracing::warn!(
+                    "this host's clock is ahead of the object store's: the lock object {}/{LOCK_KEY} is {}s old by the store's clock, not stale",
+                    bucket.url,
+                    age.as_secs()
+                );
+            }
+        }
         if age > STALE {
             tracing::warn!(
                 "taking over the lock object {}/{LOCK_KEY}: not renewed for {}s (its run died): {}",
