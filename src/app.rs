@@ -251,6 +251,20 @@ pub fn run_check(settings: &Settings) -> Result<crate::check::CheckReport> {
         SystemTime::now(),
     ));
     findings.extend(check::bad_blobs(&blobs));
+    if let Some(o) = &object {
+        // Read-only: listings only.
+        let found = crate::storage::s3::dirs::hollow(&o.bucket, &o.holding.lock().unwrap(), &[])?;
+        let rel: Vec<String> = found
+            .roots
+            .iter()
+            .map(|d| {
+                d.strip_prefix(crate::storage::s3::layout::V2)
+                    .unwrap_or(d)
+                    .to_string()
+            })
+            .collect();
+        findings.extend(check::empty_directories(&rel));
+    }
     let verified = match settings.verify {
         cli::Verify::Content => match &fs {
             Some(store) => {

@@ -88,6 +88,29 @@ fn s3_full_clean_frees_exactly_the_unneeded_blobs_and_everything_left_pulls() {
         hazards.iter().any(|d| d.contains("/_uploads/")),
         "{hazards:?}"
     );
+    // `--check` names each of them (and changes nothing).
+    let before = bucket.keys();
+    let o = w.r.regclean(&["--check", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let empty: Vec<String> = json(&o)["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "empty_directory")
+        .map(|f| f["detail"].as_str().unwrap().to_string())
+        .collect();
+    // One finding per empty tree, named by its top: every hazard is below one of them.
+    for h in &hazards {
+        let dir = format!("repositories/{h}/");
+        assert!(
+            empty
+                .iter()
+                .any(|d| dir.starts_with(d.split(':').next().unwrap())),
+            "{h} not reported: {empty:?}"
+        );
+    }
+    assert!(empty.len() <= hazards.len(), "{empty:?}");
+    assert_eq!(bucket.keys(), before);
     let o = w.r.regclean(&[
         "--json",
         "--registry-stopped",

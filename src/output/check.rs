@@ -55,6 +55,26 @@ pub enum FindingKind {
     /// tag) whose subject is not in the repository: it signs nothing here, and pruning
     /// removes it.
     OrphanAttachment,
+    /// Object storage that keeps directories (SeaweedFS): an empty directory below
+    /// `repositories/` where registry 2.x's upload purger walks, and panics
+    /// (distribution/distribution#4590).
+    EmptyDirectory,
+}
+
+/// The empty directories of a bucket where the registry's upload purger panics (see
+/// [`crate::storage::s3::dirs::hollow`]), one finding per empty tree (its topmost
+/// directory).
+pub fn empty_directories(dirs: &[String]) -> Vec<Finding> {
+    dirs.iter()
+        .map(|d| Finding {
+            kind: FindingKind::EmptyDirectory,
+            repo: String::new(),
+            tag: None,
+            digest: None,
+            detail: format!("{d}: an empty directory (with only empty directories below it) where registry 2.x's upload purger walks; it panics on it (distribution/distribution#4590), and the registry stops"),
+            advice: "with the registries stopped, any regclean run that collects removes it (regclean --gc-only --registry-stopped)".into(),
+        })
+        .collect()
 }
 
 /// One finding.

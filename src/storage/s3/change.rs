@@ -594,15 +594,15 @@ fn sweep_hollow(
     done: &mut Done,
 ) {
     match dirs::hollow(bucket, holding, removed) {
-        Ok(levels) => {
-            let n = levels.iter().map(Vec::len).sum::<usize>();
+        Ok(found) => {
+            let n = found.empty.len();
             if n > 0 {
                 tracing::info!(
                     "deleting {n} empty director{} (registry 2.x's upload purger panics on them)",
                     if n == 1 { "y" } else { "ies" }
                 );
                 done.dirs = n as u64;
-                dirs::delete(bucket, levels);
+                dirs::delete(bucket, found.delete);
             }
         }
         Err(e) => tracing::warn!("looking for empty directories: {e}"),

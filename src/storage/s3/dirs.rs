@@ -171,7 +171,7 @@ pub fn holding(keys: impl IntoIterator<Item = impl AsRef<str>>) -> BTreeSet<Stri
 ///
 /// Only for registries that are stopped: a directory a push is about to fill may be empty
 /// for a moment.
-pub fn hollow(bucket: &Bucket, holding: &BTreeSet<String>, removed: &[String]) -> Result<Levels> {
+pub fn hollow(bucket: &Bucket, holding: &BTreeSet<String>, removed: &[String]) -> Result<Hollow> {
     let base = format!("{V2}repositories/");
     // Known to hold keys still: what the scan saw, except around what this run removed.
     let rels: Vec<&str> = removed
@@ -215,17 +215,36 @@ pub fn hollow(bucket: &Bucket, holding: &BTreeSet<String>, removed: &[String]) -
         }
     }
     // Below an empty directory every directory is empty: collect them all.
-    let mut found: BTreeSet<String> = roots.iter().flat_map(|r| parents(r)).collect();
-    let mut level = roots;
+    let parents: BTreeSet<String> = roots.iter().flat_map(|r| parents(r)).collect();
+    let mut empty = Vec::new();
+    let mut level = roots.clone();
     while !level.is_empty() {
-        found.extend(level.iter().cloned());
+        empty.extend(level.iter().cloned());
         level = bucket
             .children_many(level)?
             .into_iter()
             .flat_map(|(_, c)| c)
             .collect();
     }
-    Ok(by_depth(found))
+    empty.sort();
+    let delete = by_depth(empty.iter().cloned().chain(parents));
+    Ok(Hollow {
+        roots,
+        empty,
+        delete,
+    })
+}
+
+/// What [`hollow`] found.
+#[derive(Debug, Default)]
+pub struct Hollow {
+    /// The topmost empty directories, one per empty tree (keys ending in `/`).
+    pub roots: Vec<String>,
+    /// Every empty directory (keys ending in `/`), sorted.
+    pub empty: Vec<String>,
+    /// What to delete, deepest first: the empty directories and the parents they may leave
+    /// empty (kept by the store if not).
+    pub delete: Levels,
 }
 
 #[cfg(test)]
