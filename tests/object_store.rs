@@ -548,8 +548,6 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
     if !e2e_available() {
         return;
     }
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
     let Some(weed) = Seaweed::start() else { return };
     let mut r = Registry::start_s3(&weed);
@@ -591,36 +589,8 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
     assert!(bucket.has_blob(&v1_own));
 
     // A client pulling app:v2 without retries through the whole cycle.
-    let port = r.port;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let puller = {
-        let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let dest = tempfile::tempdir().unwrap();
-                let o = std::process::Command::new("skopeo")
-                    .args(["copy", "--retry-times", "0", "--src-tls-verify=false", "-q"])
-                    .arg(format!("docker://127.0.0.1:{port}/app:v2"))
-                    .arg(format!("dir:{}", dest.path().join("img").display()))
-                    .output()
-                    .unwrap();
-                if o.status.success() {
-                    ok.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                    errors
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&o.stderr).into_owned());
-                }
-            }
-        })
-    };
-    while ok.load(Ordering::SeqCst) < 3 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let puller = Puller::start(r.port, "app:v2");
+    puller.wait_for_ok(3);
     let run_in = |dir: &std::path::Path, args: &[&str]| {
         regclean()
             .env("REGCLEAN_STATE_DIR", dir)
@@ -659,18 +629,9 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
     assert!(!bucket.has_blob(&v1_own), "v1's own layer is freed");
     assert!(bucket.has_blob(&sha(BASE)), "the shared base stays");
     assert_eq!(bucket.purger_hazards(), Vec::<String>::new());
-    while ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < 20 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.store(true, Ordering::SeqCst);
-    puller.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "failed pulls (of {}): {:?}",
-        ok.load(Ordering::SeqCst),
-        errors.lock().unwrap()
-    );
+    puller.wait_for_total(20);
+    let (ok, failed, errors) = puller.finish();
+    assert_eq!(failed, 0, "failed pulls (of {ok}): {errors:?}");
 
     // Pull activity recorded by the supervisor serves policies on the bucket: v2 was pulled,
     // v3 never.

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,41 +77,14 @@ fn online_collection_frees_the_disk_with_zero_failed_pulls_and_a_repush_pulls_ag
     assert!(blob_exists(&root, &v1_layer));
 
     // A client pulling app:v2 continuously, without retries, through the whole cycle.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let puller = {
-        let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let dest = tempfile::tempdir().unwrap();
-                let o = Command::new("skopeo")
-                    .args(["copy", "--retry-times", "0", "--src-tls-verify=false", "-q"])
-                    .arg(format!("docker://127.0.0.1:{port}/app:v2"))
-                    .arg(format!("dir:{}", dest.path().join("img").display()))
-                    .output()
-                    .unwrap();
-                if o.status.success() {
-                    ok.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                    errors
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&o.stderr).into_owned());
-                }
-            }
-        })
-    };
-    while ok.load(Ordering::SeqCst) < 5 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let puller = Puller::start(port, "app:v2");
+    puller.wait_for_ok(5);
 
     // `docker exec registry regclean app:v1`, from another process: removal now, collection
     // online through the supervisor.
-    let before = ok.load(Ordering::SeqCst);
+    let before = puller.ok();
     let o = h.regclean(&["--json", "app:v1"]);
-    let during = ok.load(Ordering::SeqCst) - before;
+    let during = puller.ok() - before;
     assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), log_of(&h));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let c = &j["supervisor"];
@@ -124,18 +97,9 @@ fn online_collection_frees_the_disk_with_zero_failed_pulls_and_a_repush_pulls_ag
     assert!(!blob_exists(&root, &v1_own) || v2.blobs.contains(&v1_own));
     assert!(during > 0, "pulls went on during the cycle");
 
-    while ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < 50 {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.store(true, Ordering::SeqCst);
-    puller.join().unwrap();
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "failed pulls (of {}): {:?}",
-        ok.load(Ordering::SeqCst),
-        errors.lock().unwrap()
-    );
+    puller.wait_for_total(50);
+    let (ok, failed, errors) = puller.finish();
+    assert_eq!(failed, 0, "failed pulls (of {ok}): {errors:?}");
 
     // A re-push of the removed image, with no manual restart: the fresh registry child has an
     // empty cache, so the layers are uploaded and linked again.

@@ -1003,3 +1003,83 @@ impl Drop for Sup {
 pub fn log_of(h: &Registry) -> String {
     std::fs::read_to_string(h.tmp.path().join("supervisor.log")).unwrap_or_default()
 }
+
+/// A client pulling one image continuously with skopeo, without retries, until finished:
+/// the proof that a cycle interrupts no pull.
+pub struct Puller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Puller {
+    /// Starts pulling `reference` (`repo:tag`) from the registry on `port`.
+    pub fn start(port: u16, reference: &str) -> Puller {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, o, f, e) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+        let src = format!("docker://127.0.0.1:{port}/{reference}");
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let dest = tempfile::tempdir().unwrap();
+                let out = Command::new("skopeo")
+                    .args(["copy", "--retry-times", "0", "--src-tls-verify=false", "-q"])
+                    .arg(&src)
+                    .arg(format!("dir:{}", dest.path().join("img").display()))
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    o.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    e.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+            }
+        });
+        Puller {
+            stop,
+            ok,
+            failed,
+            errors,
+            thread,
+        }
+    }
+
+    /// Pulls that succeeded so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` pulls were made (succeeded or not).
+    pub fn wait_for_total(&self, n: usize) {
+        while self.ok() + self.failed.load(std::sync::atomic::Ordering::SeqCst) < n {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `n` pulls succeeded.
+    pub fn wait_for_ok(&self, n: usize) {
+        while self.ok() < n {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops; returns (succeeded, failed, the failures' messages).
+    pub fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap();
+        let errors = self.errors.lock().unwrap().clone();
+        (
+            self.ok.load(std::sync::atomic::Ordering::SeqCst),
+            self.failed.load(std::sync::atomic::Ordering::SeqCst),
+            errors,
+        )
+    }
+}
