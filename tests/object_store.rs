@@ -548,7 +548,6 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
     if !e2e_available() {
         return;
     }
-    use std::time::{Duration, Instant};
     let Some(weed) = Seaweed::start() else { return };
     let mut r = Registry::start_s3(&weed);
     r.stop();
@@ -556,29 +555,14 @@ fn s3_supervisor_collects_in_its_read_only_cycle_with_zero_failed_pulls() {
     // The supervisor's state (control socket, pull activity) in a local directory: a bucket
     // has none here.
     let state = r.tmp.path().join("state");
-    let log = std::fs::File::create(r.tmp.path().join("supervisor.log")).unwrap();
-    let _sup = Sup(regclean()
-        .env("REGCLEAN_STATE_DIR", &state)
-        .env("REGCLEAN_SOLE_REGISTRY", "true")
-        .env_remove("AWS_CA_BUNDLE")
-        .args([
-            "supervise",
-            "--drain",
-            "5s",
-            "--",
-            "docker-registry",
-            "serve",
-        ])
-        .arg(&r.config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(r.get("/v2/"), Ok((200, _))) {
-        assert!(Instant::now() < deadline, "no supervisor: {}", log_of(&r));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _sup = supervise_with(
+        &r,
+        &[],
+        &[
+            ("REGCLEAN_STATE_DIR", state.to_str().unwrap()),
+            ("REGCLEAN_SOLE_REGISTRY", "true"),
+        ],
+    );
     let v1 = oci_image(&[BASE, b"supervised s3 v1 own"]);
     let v2 = oci_image(&[BASE, b"supervised s3 v2 own"]);
     let v3 = oci_image(&[BASE, b"supervised s3 v3 own, never pulled"]);

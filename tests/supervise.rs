@@ -15,34 +15,6 @@ fn supervise(h: &Registry) -> Sup {
     supervise_with(h, &[], &[])
 }
 
-fn supervise_with(h: &Registry, opts: &[&str], env: &[(&str, &str)]) -> Sup {
-    let log = std::fs::File::create(h.tmp.path().join("supervisor.log")).unwrap();
-    let mut child = regclean()
-        .envs(env.iter().copied())
-        .arg("supervise")
-        .args(opts)
-        .arg("--drain")
-        .arg("5s")
-        .arg("--")
-        .arg("docker-registry")
-        .arg("serve")
-        .arg(&h.config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok((200, _)) = h.get("/v2/") {
-            return Sup(child);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the supervisor did not serve: {}", log_of(h));
-}
-
 /// An empty storage root and a registry handle (config written, nothing started) for it.
 fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Registry) {
     let tmp = tempfile::tempdir().unwrap();
