@@ -693,3 +693,78 @@ fn s3_the_entrypoint_hook_collects_at_start_only_as_the_sole_registry() {
     r.assert_pull(&["app:v2"]);
     r.assert_gone(&["app:v1"]);
 }
+
+#[test]
+fn s3_two_supervisors_both_told_they_are_alone_collect_nothing() {
+    if !e2e_available() {
+        return;
+    }
+    let Some(weed) = Seaweed::start() else { return };
+    let mut r = Registry::start_s3(&weed);
+    r.stop();
+    let bucket = r.s3.clone().unwrap();
+    // Two replicas of one deployment on one bucket, each told it is the only registry (each
+    // on its own host: its own state directory).
+    let port2 = free_port();
+    let mut r2 = Registry::external(port2, &r.tmp.path().join("unused"));
+    r2.config = r.tmp.path().join("replica.yml");
+    std::fs::write(
+        &r2.config,
+        std::fs::read_to_string(&r.config).unwrap().replace(
+            &format!("127.0.0.1:{}", r.port),
+            &format!("127.0.0.1:{port2}"),
+        ),
+    )
+    .unwrap();
+    let (s1, s2) = (r.tmp.path().join("host1"), r.tmp.path().join("host2"));
+    let env = |dir: &std::path::Path| {
+        [
+            ("REGCLEAN_STATE_DIR", dir.to_str().unwrap().to_string()),
+            ("REGCLEAN_SOLE_REGISTRY", "true".to_string()),
+        ]
+    };
+    let (e1, e2) = (env(&s1), env(&s2));
+    let e1r: Vec<(&str, &str)> = e1.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let e2r: Vec<(&str, &str)> = e2.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _sup1 = supervise_with(&r, &[], &e1r);
+    let mut sup2 = supervise_with(&r2, &[], &e2r);
+    r.push(&oci_image(&[BASE, b"replicated v1 own"]), "app:v1");
+    r.push(&oci_image(&[BASE, b"replicated v2 own"]), "app:v2");
+    let run = |args: &[&str]| {
+        regclean()
+            .env("REGCLEAN_STATE_DIR", &s1)
+            .arg("--config")
+            .arg(&r.config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The removal is done (removal alone is safe next to serving registries); the cycle sees
+    // the other supervisor's heartbeat and collects nothing.
+    let o = run(&["--json", "app:v1"]);
+    assert_eq!(o.status.code(), Some(1), "{}\n{}", text(&o), log_of(&r));
+    let err = json(&o)["supervisor"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        err.contains("another supervisor serves this bucket"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        bucket.has_blob(&sha(b"replicated v1 own")),
+        "collected next to a writable replica"
+    );
+    // The replica stops (SIGTERM: its heartbeat goes with it): collection goes ahead.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup2.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    sup2.0.wait().unwrap();
+    let o = run(&["--json", "--gc-only"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), log_of(&r));
+    assert!(!bucket.has_blob(&sha(b"replicated v1 own")));
+    r.assert_pull(&["app:v2"]);
+}

@@ -31,6 +31,7 @@ macro_rules! say {
 pub mod child;
 pub mod control;
 pub mod events;
+pub mod peers;
 pub mod proxy;
 
 use crate::config;
@@ -143,6 +144,9 @@ struct Supervisor {
     /// supervisor's state is in `root/.regclean`.
     root: PathBuf,
     store: Store,
+    /// On a bucket this registry alone serves: this supervisor's heartbeat there, and the
+    /// others' (see [`peers`]).
+    peers: Option<Arc<peers::Peers>>,
     config: Option<PathBuf>,
     drain: Duration,
     proxy: Arc<Proxy>,
@@ -204,7 +208,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
         return 1;
     }
     match start(args) {
-        Ok((sup, signals)) => sup.run(signals),
+        Ok((sup, signals)) => {
+            let code = Arc::clone(&sup).run(signals);
+            if let Some(p) = &sup.peers {
+                p.stop();
+            }
+            code
+        }
         Err(e) => {
             say!("{e}");
             2
@@ -244,8 +254,13 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     let loc = config::locate(root, cfg.clone(), storage.as_deref()).map_err(|e| e.to_string())?;
     // Its control socket and pull activity live in the store's state directory; a bucket
     // has none on this host, so they go to a local directory.
+    let mut peers = None;
     let (root, store) = match &loc.backend {
         config::Backend::S3(s3) if args.sole_registry => {
+            peers =
+                Some(peers::Peers::start(s3).map_err(|e| {
+                    format!("the registry's storage is {} (s3 driver): {e}", s3.url())
+                })?);
             let dir = control::object_state_root(s3);
             std::fs::create_dir_all(&dir).map_err(|e| {
                 format!(
@@ -329,6 +344,7 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
         env: child_env,
         root,
         store,
+        peers,
         config: config_path,
         drain,
         proxy: Proxy::new(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -527,6 +543,15 @@ impl Supervisor {
         let _one = self.cycle.lock().expect("cycle");
         if self.state.lock().expect("state").shutting_down {
             return Err("the supervisor is stopping".into());
+        }
+        if let Some(p) = &self.peers {
+            let others = p.others()?;
+            if !others.is_empty() {
+                return Err(format!(
+                    "another supervisor serves this bucket too ({}): REGCLEAN_SOLE_REGISTRY=true is not true, and collecting now could lose layers of its pushes; nothing was collected",
+                    others.join(", ")
+                ));
+            }
         }
         let start = Instant::now();
         let ro = self.spawn(Access::ReadOnly)?;

@@ -227,7 +227,8 @@ fn read_back(bucket: &Bucket, body: &[u8], etag: String) -> Result<String> {
     }
 }
 
-fn hostname() -> String {
+/// This host's name (for the lock object's and a supervisor's heartbeat's owner).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
