@@ -257,10 +257,15 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     let mut peers = None;
     let (root, store) = match &loc.backend {
         config::Backend::S3(s3) if args.sole_registry => {
-            peers =
-                Some(peers::Peers::start(s3).map_err(|e| {
-                    format!("the registry's storage is {} (s3 driver): {e}", s3.url())
-                })?);
+            // Only settings the registry itself takes and regclean's client cannot use fail
+            // here: the registry starts anyway, and no cycle runs.
+            match peers::Peers::start(s3) {
+                Ok(p) => peers = Some(p),
+                Err(e) => say!(
+                    "the registry's storage is {}: {e}; no online collection cycles",
+                    s3.url()
+                ),
+            }
             let dir = control::object_state_root(s3);
             std::fs::create_dir_all(&dir).map_err(|e| {
                 format!(
@@ -543,6 +548,9 @@ impl Supervisor {
         let _one = self.cycle.lock().expect("cycle");
         if self.state.lock().expect("state").shutting_down {
             return Err("the supervisor is stopping".into());
+        }
+        if self.store == Store::Object && self.peers.is_none() {
+            return Err("this supervisor cannot reach the bucket with regclean's client (see its log at start): nothing was collected".into());
         }
         if let Some(p) = &self.peers {
             let others = p.others()?;

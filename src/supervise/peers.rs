@@ -30,8 +30,9 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Writes the heartbeat (an error if the bucket cannot be written: the cycle would fail
-    /// anyway) and keeps it fresh from a thread.
+    /// Starts writing the heartbeat from a thread (at once, then every [`HEARTBEAT`]; a
+    /// failure is retried there, and no cycle runs until the heartbeat is in the bucket). An
+    /// error only when the bucket cannot be addressed at all.
     pub fn start(s3: &S3Settings) -> Result<Arc<Peers>, String> {
         let bucket = Arc::new(Bucket::open(s3).map_err(|e| e.to_string())?);
         let started = std::time::SystemTime::now()
@@ -41,9 +42,6 @@ impl Peers {
         let host = crate::storage::s3::change::hostname();
         let key = format!("{DIR}{host}-{}-{started}", std::process::id());
         let body = format!("regclean supervise on {host}, pid {}\n", std::process::id());
-        bucket
-            .put(&key, body.clone().into_bytes())
-            .map_err(|e| format!("writing the supervisor's heartbeat: {e}"))?;
         let peers = Arc::new(Peers {
             bucket,
             key,
@@ -52,13 +50,10 @@ impl Peers {
         let p = Arc::clone(&peers);
         std::thread::spawn(move || {
             while !p.stop.load(Ordering::Relaxed) {
-                std::thread::park_timeout(HEARTBEAT);
-                if p.stop.load(Ordering::Relaxed) {
-                    return;
-                }
                 if let Err(e) = p.bucket.put(&p.key, body.clone().into_bytes()) {
-                    tracing::warn!("renewing the supervisor's heartbeat: {e}");
+                    tracing::warn!("writing the supervisor's heartbeat: {e}");
                 }
+                std::thread::park_timeout(HEARTBEAT);
             }
         });
         Ok(peers)
@@ -72,7 +67,7 @@ impl Peers {
             .map_err(|e| e.to_string())?;
         let Some(ours) = all.iter().find(|o| o.key == self.key).map(|o| o.modified) else {
             return Err(format!(
-                "this supervisor's heartbeat {}/{} is gone",
+                "this supervisor's heartbeat {}/{} is not in the bucket (see the supervisor's log): without it no other supervisor could see this one, so nothing is collected",
                 self.bucket.url, self.key
             ));
         };
