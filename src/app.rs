@@ -139,9 +139,10 @@ fn online_cycle(settings: &Settings, report: &mut Report) {
         .unwrap_or_else(|| std::path::PathBuf::from(&report.root));
     crate::progress::phase("asking the supervisor for an online collection cycle");
     let Some(answer) = crate::supervise::control::request(&root, args) else {
-        if report.state_root.is_some() {
-            // On object storage the run went ahead only because a supervisor answered: that
-            // it is gone now means nothing was collected, which must not look like success.
+        if report.state_root.is_some() || settings.gc.request == collect::GcRequest::Only {
+            // The run went ahead only because a supervisor answered (object storage, or an
+            // explicit --gc-only): that it is gone now means nothing was collected, which
+            // must not look like success.
             report.supervisor = Some(serde_json::json!({
                 "error": format!("the supervisor at {} stopped answering: nothing was collected; run again", root.join(STATE_DIR).display())
             }));

@@ -44,11 +44,17 @@ pub fn object_state_root(s3: &crate::storage::s3::settings::S3Settings) -> PathB
     base.join(format!("s3-{hex}"))
 }
 
-/// Is a supervisor listening at `root`'s control socket?
+/// Set in the environment of a cycle's own collection run: it never asks the supervisor
+/// (which is waiting for it) for a cycle.
+pub const IN_CYCLE: &str = "REGCLEAN_IN_CYCLE";
+
+/// Is a supervisor listening at `root`'s control socket, and is this run not its cycle's
+/// own collection?
 pub fn listening(root: &Path) -> bool {
-    state_dir(root, false)
-        .ok()
-        .is_some_and(|fd| UnixStream::connect(via_fd(&fd)).is_ok())
+    std::env::var_os(IN_CYCLE).is_none()
+        && state_dir(root, false)
+            .ok()
+            .is_some_and(|fd| UnixStream::connect(via_fd(&fd)).is_ok())
 }
 
 /// The socket's name in `.regclean`.

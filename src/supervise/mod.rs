@@ -254,18 +254,8 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     let loc = config::locate(root, cfg.clone(), storage.as_deref()).map_err(|e| e.to_string())?;
     // Its control socket and pull activity live in the store's state directory; a bucket
     // has none on this host, so they go to a local directory.
-    let mut peers = None;
     let (root, store) = match &loc.backend {
         config::Backend::S3(s3) if args.sole_registry => {
-            // Only settings the registry itself takes and regclean's client cannot use fail
-            // here: the registry starts anyway, and no cycle runs.
-            match peers::Peers::start(s3) {
-                Ok(p) => peers = Some(p),
-                Err(e) => say!(
-                    "the registry's storage is {}: {e}; no online collection cycles",
-                    s3.url()
-                ),
-            }
             let dir = control::object_state_root(s3);
             std::fs::create_dir_all(&dir).map_err(|e| {
                 format!(
@@ -344,6 +334,22 @@ fn start(args: Args) -> Result<(Arc<Supervisor>, SignalFd), String> {
     let signals = SignalFd::new(&SigSet::thread_get_mask().map_err(|e| e.to_string())?)
         .map_err(|e| format!("signalfd: {e}"))?;
     let listener = proxy::bind(&addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+    // The heartbeat last, once nothing else can fail, and before the registry serves (see
+    // [`peers`]). Only settings the registry itself takes and regclean's client cannot use
+    // fail here: the registry starts anyway, and no cycle runs.
+    let peers = match (&loc.backend, &store) {
+        (config::Backend::S3(s3), Store::Object) => match peers::Peers::start(s3) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                say!(
+                    "the registry's storage is {}: {e}; no online collection cycles",
+                    s3.url()
+                );
+                None
+            }
+        },
+        _ => None,
+    };
     let sup = Arc::new(Supervisor {
         command: args.command,
         env: child_env,
@@ -617,6 +623,9 @@ impl Supervisor {
             }
         }
         crate::gc::die_with_parent(&mut c, Signal::SIGTERM);
+        // The cycle's own collection: it must never defer to this supervisor (which waits for
+        // it) — a writable registry it finds is someone else's, and it refuses.
+        c.env(crate::supervise::control::IN_CYCLE, "1");
         c.arg("--gc-only").arg("--json").arg("--wait");
         self.store_args(&mut c);
         c.args(args).stdin(Stdio::null()).stdout(Stdio::piped());

@@ -26,48 +26,73 @@ const LIVE: Duration = Duration::from_secs(120);
 pub struct Peers {
     bucket: Arc<Bucket>,
     key: String,
+    body: Vec<u8>,
     stop: Arc<AtomicBool>,
+    beat: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Peers {
-    /// Starts writing the heartbeat from a thread (at once, then every [`HEARTBEAT`]; a
-    /// failure is retried there, and no cycle runs until the heartbeat is in the bucket). An
-    /// error only when the bucket cannot be addressed at all.
+    /// Writes the heartbeat once (a failure is logged: the registry starts anyway, and no
+    /// cycle runs until the heartbeat is in the bucket), then every [`HEARTBEAT`] from a
+    /// thread. An error only when the bucket cannot be addressed at all.
     pub fn start(s3: &S3Settings) -> Result<Arc<Peers>, String> {
+        use std::hash::{BuildHasher, Hasher};
         let bucket = Arc::new(Bucket::open(s3).map_err(|e| e.to_string())?);
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         let host = crate::storage::s3::change::hostname();
-        let key = format!("{DIR}{host}-{}-{started}", std::process::id());
-        let body = format!("regclean supervise on {host}, pid {}\n", std::process::id());
+        // Replicas may share a host name and a pid (1, in a container) and start in the same
+        // second: a random part keeps their keys apart.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let key = format!("{DIR}{host}-{}-{started}-{random:016x}", std::process::id());
+        let body =
+            format!("regclean supervise on {host}, pid {}\n", std::process::id()).into_bytes();
         let peers = Arc::new(Peers {
             bucket,
             key,
+            body,
             stop: Arc::new(AtomicBool::new(false)),
+            beat: std::sync::Mutex::new(None),
         });
+        if let Err(e) = peers.beat() {
+            tracing::warn!("{e}; retried every {}s", HEARTBEAT.as_secs());
+        }
         let p = Arc::clone(&peers);
-        std::thread::spawn(move || {
-            while !p.stop.load(Ordering::Relaxed) {
-                if let Err(e) = p.bucket.put(&p.key, body.clone().into_bytes()) {
-                    tracing::warn!("writing the supervisor's heartbeat: {e}");
-                }
-                std::thread::park_timeout(HEARTBEAT);
+        let t = std::thread::spawn(move || loop {
+            std::thread::park_timeout(HEARTBEAT);
+            if p.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Err(e) = p.beat() {
+                tracing::warn!("{e}");
             }
         });
+        *peers.beat.lock().expect("beat") = Some(t);
         Ok(peers)
     }
 
-    /// The live heartbeats of other supervisors of this bucket (their keys).
+    fn beat(&self) -> Result<(), String> {
+        self.bucket
+            .put(&self.key, self.body.clone())
+            .map_err(|e| format!("writing the supervisor's heartbeat: {e}"))
+    }
+
+    /// The live heartbeats of other supervisors of this bucket (their keys). Ours is written
+    /// first, so that the store stamps "now": a heartbeat is live when stamped less than
+    /// [`LIVE`] before it (or after it).
     pub fn others(&self) -> Result<Vec<String>, String> {
+        self.beat()?;
         let all = self
             .bucket
             .list(vec![DIR.to_string()])
             .map_err(|e| e.to_string())?;
-        let Some(ours) = all.iter().find(|o| o.key == self.key).map(|o| o.modified) else {
+        let Some(now) = all.iter().find(|o| o.key == self.key).map(|o| o.modified) else {
             return Err(format!(
-                "this supervisor's heartbeat {}/{} is not in the bucket (see the supervisor's log): without it no other supervisor could see this one, so nothing is collected",
+                "this supervisor's heartbeat {}/{} was written but is not listed: nothing is collected",
                 self.bucket.url, self.key
             ));
         };
@@ -75,19 +100,21 @@ impl Peers {
             .iter()
             .filter(|o| o.key != self.key)
             .filter(|o| {
-                let gap = match o.modified > ours {
-                    true => o.modified.duration_since(ours),
-                    false => ours.duration_since(o.modified),
-                };
-                gap.unwrap_or_default() <= LIVE
+                now.duration_since(o.modified)
+                    .map_or(true, |age| age <= LIVE)
             })
             .map(|o| o.key.clone())
             .collect())
     }
 
-    /// Stops the heartbeat and deletes it (the supervisor is stopping).
+    /// Stops the heartbeat and deletes it (the supervisor is stopping): the thread is joined
+    /// first, so that no write in flight puts it back.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.beat.lock().expect("beat").take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
         if let Err(e) = self.bucket.delete_one(&self.key) {
             tracing::warn!("deleting the supervisor's heartbeat: {e}");
         }

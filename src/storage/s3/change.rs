@@ -40,6 +40,36 @@ const HEARTBEAT: Duration = Duration::from_secs(30);
 /// the next run takes it over.
 pub const STALE: Duration = Duration::from_secs(300);
 
+/// How far the store's clock is from this host's (store minus local), as measured once.
+#[derive(Debug, Clone, Copy)]
+struct Skew {
+    ahead: Duration,
+    behind: Duration,
+}
+
+impl Skew {
+    fn measure(bucket: &Bucket, token: &str) -> Result<Skew> {
+        let before = SystemTime::now();
+        let store = store_now(bucket, token)?;
+        // The probe was stamped somewhere between `before` and now; S3 stamps whole seconds.
+        Ok(match store.duration_since(before) {
+            Ok(d) => Skew {
+                ahead: d,
+                behind: Duration::ZERO,
+            },
+            Err(e) => Skew {
+                ahead: Duration::ZERO,
+                behind: e.duration(),
+            },
+        })
+    }
+
+    /// `local` on the store's clock.
+    fn store_time(&self, local: SystemTime) -> SystemTime {
+        local + self.ahead - self.behind
+    }
+}
+
 /// The object store's own clock: the modification time it gives a probe object written now
 /// (`.regclean/clock-<token>`, deleted at once).
 fn store_now(bucket: &Bucket, token: &str) -> Result<SystemTime> {
@@ -97,8 +127,9 @@ impl Drop for Lock {
 /// named (exit 3), or waited for with `--wait`. A lock object not renewed for [`STALE`] (its
 /// run died: the heartbeat stopped) is taken over by a conditional replace (`If-Match` on the
 /// ETag that was read): of several runs taking over at once, one wins, and a run that renews
-/// meanwhile keeps it. The age is the local clock against the store's `Last-Modified`: hosts
-/// whose clocks differ by more than [`STALE`] could take over a live lock.
+/// meanwhile keeps it. The age is measured on the store's clock (the lock's `Last-Modified`
+/// against the store's "now", found once per run with a probe object, see [`Skew`]): this
+/// host's clock, ahead or behind, changes nothing.
 ///
 /// Where the service ignores the preconditions (older S3-compatible stores), the create or
 /// replace always "succeeds": the read-back below catches a run whose lock was overwritten in
@@ -122,6 +153,7 @@ pub fn acquire(bucket: Arc<Bucket>, wait: WaitMode) -> Result<Lock> {
     })
     .to_string()
     .into_bytes();
+    let mut skew: Option<Skew> = None;
     let etag = loop {
         if let Some(etag) = bucket.create(LOCK_KEY, body.clone())? {
             break read_back(&bucket, &body, etag)?;
@@ -129,23 +161,21 @@ pub fn acquire(bucket: Arc<Bucket>, wait: WaitMode) -> Result<Lock> {
         let Some((owner, modified, etag)) = bucket.get_meta(LOCK_KEY)? else {
             continue; // released meanwhile
         };
-        let mut age = SystemTime::now()
+        // The lock's age by the store's clock, which stamped it: this host's may run ahead
+        // (it would take over a live lock) or behind (it would wait on a dead one forever).
+        // The difference is measured once, with a probe object.
+        let skew = match skew {
+            Some(s) => s,
+            None => {
+                let s = Skew::measure(&bucket, &token)?;
+                skew = Some(s);
+                s
+            }
+        };
+        let age = skew
+            .store_time(SystemTime::now())
             .duration_since(modified)
             .unwrap_or_default();
-        if age > STALE {
-            // Stale by this host's clock: confirmed by the store's own, which stamped the
-            // lock (a host whose clock runs ahead would take over a live lock).
-            age = store_now(&bucket, &token)?
-                .duration_since(modified)
-                .unwrap_or_default();
-            if age <= STALE {
-                tracing::warn!(
-                    "this host's clock is ahead of the object store's: the lock object {}/{LOCK_KEY} is {}s old by the store's clock, not stale",
-                    bucket.url,
-                    age.as_secs()
-                );
-            }
-        }
         if age > STALE {
             tracing::warn!(
                 "taking over the lock object {}/{LOCK_KEY}: not renewed for {}s (its run died): {}",
