@@ -50,17 +50,7 @@ fn sup_cmd(
             });
         }
     }
-    let mut child = c.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok((200, _)) = h.get("/v2/") {
-            return Sup(child);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the supervisor did not serve: {}", log_of(h));
+    serving(h, c.spawn().unwrap())
 }
 
 fn sup(h: &Registry) -> Sup {

@@ -1088,7 +1088,7 @@ impl Puller {
 /// in `supervisor.log` ([`log_of`]); waits until the registry answers through it.
 pub fn supervise_with(h: &Registry, opts: &[&str], env: &[(&str, &str)]) -> Sup {
     let log = std::fs::File::create(h.tmp.path().join("supervisor.log")).unwrap();
-    let mut child = regclean()
+    let child = regclean()
         .envs(env.iter().copied())
         .env_remove("AWS_CA_BUNDLE") // the s3 driver (see Registry::serve)
         .arg("supervise")
@@ -1103,6 +1103,12 @@ pub fn supervise_with(h: &Registry, opts: &[&str], env: &[(&str, &str)]) -> Sup 
         .stderr(log)
         .spawn()
         .unwrap();
+    serving(h, child)
+}
+
+/// Waits until the registry behind `h` answers through the supervisor `child` (30 s at most;
+/// the supervisor is killed and its log shown otherwise).
+pub fn serving(h: &Registry, mut child: Child) -> Sup {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok((200, _)) = h.get("/v2/") {

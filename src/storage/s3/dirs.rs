@@ -207,13 +207,12 @@ pub fn hollow(bucket: &Bucket, holding: &BTreeSet<String>, removed: &[String]) -
         // No keys at all: `repositories/` itself may be an empty directory.
         candidates.push(base.clone());
     }
-    // Verified empty: nothing under it at all (a recursive listing).
-    let mut roots = Vec::new();
-    for c in candidates {
-        if bucket.list(vec![c.clone()])?.is_empty() {
-            roots.push(c);
-        }
-    }
+    // Verified empty: nothing under it at all (recursive listings, all in flight at once).
+    let listed = bucket.list(candidates.clone())?;
+    let roots: Vec<String> = candidates
+        .into_iter()
+        .filter(|c| !listed.iter().any(|o| o.key.starts_with(c.as_str())))
+        .collect();
     // Below an empty directory every directory is empty: collect them all.
     let parents: BTreeSet<String> = roots.iter().flat_map(|r| parents(r)).collect();
     let mut empty = Vec::new();
